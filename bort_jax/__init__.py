@@ -1,0 +1,1 @@
+"""Bort and DBort as optax gradient transformations."""
