@@ -10,3 +10,11 @@ from bort_jax.explain.reconstruction import reconstruct
 from bort_jax.explain.reconstruction import reconstruction_by_depth
 from bort_jax.explain.reconstruction import reconstruction_errors
 from bort_jax.explain.reconstruction import transpose_apply
+from bort_jax.explain.attributions import boundary_integrated_gradients
+from bort_jax.explain.attributions import boundary_saliency
+from bort_jax.explain.attributions import boundary_search
+from bort_jax.explain.attributions import gradient
+from bort_jax.explain.attributions import input_x_gradient
+from bort_jax.explain.attributions import integrated_gradients
+from bort_jax.explain.attributions import pgd_l2
+from bort_jax.explain.attributions import target_logit
