@@ -1,1 +1,26 @@
-"""Bort and DBort as optax gradient transformations."""
+"""bort_jax: Bort and DBort as composable optax gradient transformations.
+
+Bort (Zhang et al., ICLR 2023) bounds and orthogonalises weight matrices from inside the optimizer, which makes
+networks invertible and their features explainable; DBort adds a data-aware term (in the linear case it
+converges to PCA). Kernels are read in the Flax orientation ``M = kernel.reshape(-1, out) = Wᵀ``.
+"""
+
+from bort_jax._src.alias import bort_adamw
+from bort_jax._src.alias import bort_sgd
+from bort_jax._src.alias import torch_momentum
+from bort_jax._src.correction import ADAPTIVE
+from bort_jax._src.correction import MODES
+from bort_jax._src.correction import bort_correction
+from bort_jax._src.correction import bort_penalty
+from bort_jax._src.correction import constrained_side
+from bort_jax._src.masking import kernel_mask
+from bort_jax._src.transform import BortCorrectionState
+from bort_jax._src.transform import add_bort_correction
+from bort_jax._src.views import KernelView
+from bort_jax._src.views import LAYOUTS
+from bort_jax._src.views import default_view
+from bort_jax._src.views import from_matrix
+from bort_jax._src.views import path_str
+from bort_jax._src.views import to_matrix
+
+__version__ = "0.1.0"
