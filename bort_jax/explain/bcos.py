@@ -1,0 +1,133 @@
+"""B-cos layers and a small B-cos MNIST network with its dynamic-linear explanation.
+
+B-cos (Böhm, Fritz & Schiele, "B-cos Networks: Alignment is All We Need for Interpretability", CVPR 2022)
+replaces the linear transform of a unit by
+
+  B-cos(x; w) = |cos(x, ŵ)|^(B−1) · ŵᵀx,    ŵ = w / ‖w‖,
+
+so a unit is large only when its (unit-norm, bias-free) weight aligns with the input. Every layer is a
+*dynamic linear* map s(x) ⊙ Ŵᵀx with s(x) = |cos|^(B−1); a network of them (with max-pooling and average
+pooling, both dynamic linear too) computes logits = W(x) x exactly. W(x) x is the gradient of the network
+with every s(x) held fixed (``detach=True``), so the contributions W(x) ⊙ x sum to the logit.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_NORM_EPS = 1e-6
+
+
+def _scaled(linear: jax.Array, input_norm: jax.Array, b: float, detach: bool) -> jax.Array:
+  """ŵᵀx · |cos|^(B−1) given ŵᵀx and ‖x‖; ``detach`` freezes the dynamic scale |cos|^(B−1)."""
+  scale = (jnp.abs(linear) / (input_norm + _NORM_EPS)) ** (b - 1.0)
+  if detach:
+    scale = jax.lax.stop_gradient(scale)
+  return scale * linear
+
+
+def _unit_columns(kernel: jax.Array) -> jax.Array:
+  """Normalise every output unit (a column of the (fan_in, out) matrix view) to unit L2 norm."""
+  m = kernel.reshape(-1, kernel.shape[-1])
+  return kernel / jnp.linalg.norm(m, axis=0)
+
+
+class BcosDense(nnx.Module):
+  """Bias-free B-cos dense layer: kernel (in, out), out_j = |cos(x, ŵ_j)|^(B−1) ŵ_jᵀx."""
+
+  def __init__(self, in_features: int, out_features: int, *, b: float = 2.0, rngs: nnx.Rngs):
+    if b < 1:
+      raise ValueError(f"b must be >= 1 (b = 1 is a linear layer with unit-norm weights), got {b}")
+    self.b = b
+    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (in_features, out_features)))
+
+  def __call__(self, x: jax.Array, *, detach: bool = False) -> jax.Array:
+    linear = x @ _unit_columns(self.kernel[...])
+    return _scaled(linear, jnp.linalg.norm(x, axis=-1, keepdims=True), self.b, detach)
+
+
+class BcosConv(nnx.Module):
+  """Bias-free B-cos convolution (NHWC, kernel (kh, kw, in, out)); cos is taken per input patch."""
+
+  def __init__(self, in_features: int, out_features: int, kernel_size: Sequence[int] = (3, 3), *,
+               strides: int = 1, padding: str = "SAME", b: float = 2.0, rngs: nnx.Rngs):
+    if b < 1:
+      raise ValueError(f"b must be >= 1 (b = 1 is a linear layer with unit-norm weights), got {b}")
+    if padding not in ("SAME", "VALID"):
+      raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    self.b, self.strides, self.padding = b, strides, padding
+    shape = (*kernel_size, in_features, out_features)
+    self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), shape))
+
+  def _conv(self, x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, kernel, (self.strides,) * 2, self.padding,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def __call__(self, x: jax.Array, *, detach: bool = False) -> jax.Array:
+    kernel = self.kernel[...]
+    linear = self._conv(x, _unit_columns(kernel))
+    # ‖patch‖² is the convolution of x² with a ones kernel of the same window (zero padding adds nothing).
+    patch_norm = jnp.sqrt(self._conv(x**2, jnp.ones((*kernel.shape[:3], 1), x.dtype)))
+    return _scaled(linear, patch_norm, self.b, detach)
+
+
+def encode_input(x: jax.Array) -> jax.Array:
+  """[x, 1 − x] along channels, so dark pixels carry direction too (Böhm et al., 2022, Sec. 3.3)."""
+  return jnp.concatenate([x, 1.0 - x], axis=-1)
+
+
+class BcosNet(nnx.Module):
+  """Small fully convolutional B-cos MNIST network on encoded NHWC input ``encode_input(x)``.
+
+  B-cos conv 3×3 (2→c1) → max-pool 2 → B-cos conv 3×3 (c1→c2) → max-pool 2 → B-cos conv 3×3 (c2→c3)
+  → global average pool → B-cos dense (c3→classes) → × ``logit_scale``. No biases, no ReLU: every stage is
+  dynamic linear, and global pooling lets the net read grids of digits for the pointing game.
+  """
+
+  def __init__(self, channels: Sequence[int] = (16, 32, 32), num_classes: int = 10, *, b: float = 2.0,
+               logit_scale: float = 10.0, rngs: nnx.Rngs):
+    if len(channels) != 3:
+      raise ValueError(f"channels must hold 3 conv widths, got {channels}")
+    c1, c2, c3 = channels
+    self.logit_scale = logit_scale
+    self.conv1 = BcosConv(2, c1, b=b, rngs=rngs)
+    self.conv2 = BcosConv(c1, c2, b=b, rngs=rngs)
+    self.conv3 = BcosConv(c2, c3, b=b, rngs=rngs)
+    self.head = BcosDense(c3, num_classes, b=b, rngs=rngs)
+
+  def __call__(self, encoded: jax.Array, *, detach: bool = False) -> jax.Array:
+    h = nnx.max_pool(self.conv1(encoded, detach=detach), (2, 2), (2, 2))
+    h = nnx.max_pool(self.conv2(h, detach=detach), (2, 2), (2, 2))
+    h = jnp.mean(self.conv3(h, detach=detach), axis=(1, 2))
+    return self.logit_scale * self.head(h, detach=detach)
+
+
+def bcos_apply_fns(model: BcosNet):
+  """Split a B-cos net into pure functions of raw images and its parameter state.
+
+  Returns:
+    (apply_fn, linear_fn, params): ``apply_fn(params, x) -> logits`` on raw NHWC images in [0, 1];
+    ``linear_fn(params, encoded)`` is the same network on encoded input with the dynamic scales frozen, i.e.
+    ``encoded ↦ W(x) encoded`` at the point of evaluation.
+  """
+  graphdef, params = nnx.split(model)
+  apply_fn = lambda p, x: nnx.merge(graphdef, p)(encode_input(x))
+  linear_fn = lambda p, encoded: nnx.merge(graphdef, p)(encoded, detach=True)
+  return apply_fn, linear_fn, params
+
+
+def bcos_contributions(linear_fn, params, x: jax.Array, target: jax.Array) -> jax.Array:
+  """Dynamic-linear contributions W(x)_t ⊙ enc(x) of every encoded input to logit ``target``.
+
+  Returns:
+    (N, H, W, 2·C) contributions; their sum over all axes but the first equals the target logit exactly, and
+    the sum over the last axis is the per-pixel explanation.
+  """
+  encoded = encode_input(x)
+
+  def logit(e):
+    return jnp.take_along_axis(linear_fn(params, e), target[:, None], axis=-1).sum()
+
+  return encoded * jax.grad(logit)(encoded)
