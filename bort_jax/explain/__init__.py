@@ -26,3 +26,14 @@ from bort_jax.explain.bcos import BcosNet
 from bort_jax.explain.bcos import bcos_apply_fns
 from bort_jax.explain.bcos import bcos_contributions
 from bort_jax.explain.bcos import encode_input
+from bort_jax.explain.adversarial import AttackResult
+from bort_jax.explain.adversarial import attack_result
+from bort_jax.explain.adversarial import class_prototypes
+from bort_jax.explain.adversarial import explainable_adversarial
+from bort_jax.explain.adversarial import pgd_attack
+from bort_jax.explain.adversarial import summarize
+from bort_jax.explain.metrics import curve_auc
+from bort_jax.explain.metrics import make_grids
+from bort_jax.explain.metrics import perturbation_curve
+from bort_jax.explain.metrics import pixel_map
+from bort_jax.explain.metrics import pointing_game_score
