@@ -34,7 +34,7 @@ def _check_every_k(every_k: Any) -> None:
     raise ValueError(f"every_k must be a positive integer, got {every_k!r}.")
 
 
-class _Plan(NamedTuple):
+class KernelPlan(NamedTuple):
   """What to do with one leaf: its index in the flat params, view and per-layer gamma scale."""
 
   index: int
@@ -43,7 +43,7 @@ class _Plan(NamedTuple):
   shrink: bool
 
 
-def _make_plan(params, mask, rules, layout, views, shrink_mask):
+def plan_kernels(params, mask=None, rules=None, layout="flax", views=None, shrink_mask=None):
   """Static (trace-time) per-leaf plan for the constrained leaves of ``params``."""
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
   mask_leaves = treedef.flatten_up_to(masking.resolve_mask(mask, params, layout))
@@ -59,7 +59,7 @@ def _make_plan(params, mask, rules, layout, views, shrink_mask):
     scale = masking.rule_scale(path_string, rules)
     view = views_lib.resolve_view(path_string, names, jnp.ndim(leaf), layout, views)
     if scale > 0 and view is not None:
-      plan.append(_Plan(index, view, scale, bool(shrink)))
+      plan.append(KernelPlan(index, view, scale, bool(shrink)))
   return plan, treedef
 
 
@@ -120,7 +120,7 @@ def bort_correction_transform(
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("add_bort_correction needs params: call update(updates, state, params).")
-    plan, treedef = _make_plan(params, mask, rules, layout, views, decoupled_decay_mask if decoupled_decay is not None else None)
+    plan, treedef = plan_kernels(params, mask, rules, layout, views, decoupled_decay_mask if decoupled_decay is not None else None)
     gamma_t = gamma(state.count) if callable(gamma) else gamma
     shrink_factor = None
     if decoupled_decay is not None:
