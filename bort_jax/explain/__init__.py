@@ -16,7 +16,6 @@ from bort_jax.explain.attributions import boundary_search
 from bort_jax.explain.attributions import gradient
 from bort_jax.explain.attributions import input_x_gradient
 from bort_jax.explain.attributions import integrated_gradients
-from bort_jax.explain.attributions import pgd_l2
 from bort_jax.explain.attributions import target_logit
 from bort_jax.explain.backtrack import backtrack
 from bort_jax.explain.backtrack import top_k_mask

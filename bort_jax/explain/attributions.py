@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bort_jax.explain.adversarial import pgd_attack
+
 ApplyFn = Callable[..., jax.Array]
 
 IG_METHODS = ("riemann_left", "riemann_right", "riemann_middle", "trapezoid")
@@ -71,48 +73,17 @@ def integrated_gradients(apply_fn: ApplyFn, params, x: jax.Array, target: jax.Ar
   return delta * mean_grad
 
 
-def _unit_l2(v: jax.Array) -> tuple[jax.Array, jax.Array]:
-  norm = jnp.sqrt(jnp.sum(v**2, axis=tuple(range(1, v.ndim)), keepdims=True))
-  return v / jnp.maximum(norm, 1e-12), norm
-
-
-def pgd_l2(apply_fn: ApplyFn, params, x: jax.Array, label: jax.Array, epsilon: float | jax.Array, *,
-           steps: int = 20, step_size: float | jax.Array | None = None,
-           clip: tuple[float, float] | None = (0.0, 1.0)) -> jax.Array:
-  """Untargeted PGD in the L2 ball of radius ``epsilon`` (Madry et al., 2018) maximising CE(f(x), label).
-
-  Normalised-gradient ascent steps of ``step_size`` (default 2.5·ε/steps), projected back onto
-  {‖δ‖₂ ≤ ε} and, if ``clip`` is given, onto the valid pixel range.
-  """
-  step_size = 2.5 * epsilon / steps if step_size is None else step_size
-
-  def loss(z):
-    logits = apply_fn(params, z)
-    log_p = jax.nn.log_softmax(logits)
-    return -jnp.take_along_axis(log_p, label[:, None], axis=-1).sum()
-
-  def step(z, _):
-    direction, _ = _unit_l2(jax.grad(loss)(z))
-    delta = z + step_size * direction - x
-    unit, norm = _unit_l2(delta)
-    z = x + unit * jnp.minimum(norm, epsilon)
-    if clip is not None:
-      z = jnp.clip(z, *clip)
-    return z, None
-
-  adversarial, _ = jax.lax.scan(step, x, None, length=steps)
-  return adversarial
-
-
 def boundary_search(apply_fn: ApplyFn, params, x: jax.Array, label: jax.Array,
                     epsilons: Sequence[float] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), *,
-                    attack_steps: int = 20, clip: tuple[float, float] | None = (0.0, 1.0)
-                    ) -> tuple[jax.Array, jax.Array]:
+                    attack_steps: int = 20, stop_on_success: bool = True,
+                    clip: tuple[float, float] | None = (0.0, 1.0)) -> tuple[jax.Array, jax.Array]:
   """Nearest decision-boundary point found by PGD-L2 over an increasing ε schedule.
 
-  Runs :func:`pgd_l2` (``attack_steps`` steps) for every ε and keeps, per sample, the adversarial of the
-  smallest ε that changes the prediction away from ``label`` (Wang et al., 2022, "Robust models are more
-  interpretable because attributions look normal", BIG). Samples with no success keep the largest-ε point.
+  Runs untargeted L2 :func:`~bort_jax.explain.adversarial.pgd_attack` (``attack_steps`` steps, by default
+  freezing a sample at its first successful step so it stays close to the boundary) for every ε and keeps,
+  per sample, the adversarial of the smallest ε that changes the prediction away from ``label`` (Wang et al.,
+  2022, "Robust models are more interpretable because attributions look normal", BIG). Samples with no
+  success keep the largest-ε point.
 
   Returns:
     (x_boundary, found): boundary points shaped like ``x`` and a bool (N,) success mask.
@@ -121,10 +92,10 @@ def boundary_search(apply_fn: ApplyFn, params, x: jax.Array, label: jax.Array,
   if radii.ndim != 1 or radii.size == 0 or np.any(radii <= 0):
     raise ValueError(f"epsilons must be a non-empty sequence of positive radii, got {epsilons}")
   epsilons = jnp.asarray(radii)
-  candidates = jax.vmap(lambda eps: pgd_l2(apply_fn, params, x, label, eps, steps=attack_steps, clip=clip))(
-      epsilons)                                                   # (E, N, ...)
-  predictions = jax.vmap(lambda z: jnp.argmax(apply_fn(params, z), axis=-1))(candidates)  # (E, N)
-  success = predictions != label[None]
+  attack = lambda eps: pgd_attack(apply_fn, params, x, label, eps, norm="l2", targeted=False,
+                                  steps=attack_steps, clip=clip, stop_on_success=stop_on_success)
+  results = jax.vmap(attack)(epsilons)                            # fields stacked over ε: (E, N, ...)
+  candidates, success = results.x_adv, results.success
   first = jnp.where(success.any(0), jnp.argmax(success, axis=0), epsilons.size - 1)
   index = first.reshape((1, -1) + (1,) * (x.ndim - 1))
   x_boundary = jnp.take_along_axis(candidates, index, axis=0)[0]

@@ -66,21 +66,28 @@ def test_integrated_gradients_completeness_on_relu_mlp(baseline):
   np.testing.assert_allclose(ig.sum(axis=(1, 2, 3)), expected, rtol=1e-2, atol=1e-3 * np.abs(expected).max())
 
 
-def test_boundary_search_on_linear_binary_model_picks_smallest_sufficient_radius():
+@pytest.mark.parametrize("stop_on_success", [False, True])
+def test_boundary_search_on_linear_binary_model_picks_smallest_sufficient_radius(stop_on_success):
   # logits = (w·x, −w·x): the boundary is the hyperplane w·x = 0 at distance d = w·x/‖w‖; CE ascent for
-  # label 0 walks straight along −ŵ, so the radius-ε attack succeeds iff ε > d and lands at x − ε ŵ.
+  # label 0 walks straight along −ŵ in steps of s = 2.5ε/10, clipped to the ε-sphere, so the radius-ε attack
+  # succeeds iff ε > d. It ends at x − ε ŵ, or, when frozen at its first success, at x − min(k* s, ε) ŵ
+  # with k* = ⌊d/s⌋ + 1.
   w = jnp.asarray(np.random.default_rng(4).normal(size=(16,)), jnp.float32)
   apply_fn = lambda p, x: jnp.stack([x.reshape(x.shape[0], -1) @ p, -(x.reshape(x.shape[0], -1) @ p)], -1)
   x = _images(5, 20) - 0.5
   x = jnp.where((x.reshape(20, -1) @ w > 0)[:, None, None, None], x, -x)    # every sample predicted 0
   label = jnp.zeros(20, jnp.int32)
   epsilons = (0.1, 0.3, 0.6, 1.0, 2.0, 5.0)
-  x_boundary, found = attributions.boundary_search(apply_fn, w, x, label, epsilons, attack_steps=10, clip=None)
+  x_boundary, found = attributions.boundary_search(apply_fn, w, x, label, epsilons, attack_steps=10, clip=None,
+                                                   stop_on_success=stop_on_success)
   unit_w = np.asarray(w) / np.linalg.norm(w)
   distance = np.asarray(x).reshape(20, -1) @ unit_w
   eps = np.asarray(epsilons)
   expected_found = distance < eps[-1]
   chosen = np.where(expected_found, eps[np.argmax(eps[None] > distance[:, None], axis=1)], eps[-1])
+  if stop_on_success:
+    step = 0.25 * chosen
+    chosen = np.where(expected_found, np.minimum((np.floor(distance / step) + 1) * step, chosen), chosen)
   expected = np.asarray(x).reshape(20, -1) - chosen[:, None] * unit_w
   np.testing.assert_array_equal(found, expected_found)
   np.testing.assert_allclose(x_boundary.reshape(20, -1), expected, atol=1e-5)
