@@ -1,0 +1,139 @@
+"""Residual networks (He et al., 2016, "Deep Residual Learning for Image Recognition").
+
+One ``ResNet`` class covers the three recipes used by the examples:
+
+* ResNet-20 for 32x32 inputs (paper §4.2): 3x3 stem, three stages of 3 basic blocks, widths 16/32/64.
+* ResNet-18 for 32x32 inputs (the common CIFAR adaptation): 3x3 stem without max pooling, stages
+  (2, 2, 2, 2) of basic blocks, widths 64..512.
+* ResNet-50 for 224x224 ImageNet: 7x7/2 stem + 3x3/2 max pool, stages (3, 4, 6, 3) of bottleneck blocks
+  (stride on the 3x3 convolution, "v1.5"), widths 64..512, expansion 4.
+
+Convolutions never carry a bias because each is followed by BatchNorm, whose shift makes a bias redundant;
+``use_bias=False`` also drops the BatchNorm shift (``bias``) and the classifier bias. BatchNorm still
+subtracts its (running) mean, so the bias-free network is not exactly positively homogeneous.
+Shortcuts that change shape use a 1x1 projection + BatchNorm (option B), and the last BatchNorm of every
+block starts at scale 0 (Goyal et al., 2017) so each block begins as the identity.
+"""
+
+from collections.abc import Sequence
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# He initialisation on fan_out, as torchvision's ResNet.
+_CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv_bn_factories(use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
+  """Bias-free conv and BatchNorm (PyTorch momentum 0.1 = flax 0.9) constructors sharing dtype and rngs."""
+  conv = functools.partial(
+      nnx.Conv, use_bias=False, kernel_init=_CONV_INIT, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+  norm = functools.partial(
+      nnx.BatchNorm, use_bias=use_bias, momentum=0.9, epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+      rngs=rngs)
+  return conv, norm
+
+
+class BasicBlock(nnx.Module):
+  """Two 3x3 convolutions with an identity (or projected) shortcut; output width = ``width``."""
+
+  expansion = 1
+
+  def __init__(self, in_features: int, width: int, stride: int, *, use_bias: bool, dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    conv, norm = conv_bn_factories(use_bias, dtype, rngs)
+    self.conv1 = conv(in_features, width, (3, 3), strides=stride, padding=1)
+    self.norm1 = norm(width)
+    self.conv2 = conv(width, width, (3, 3), padding=1)
+    self.norm2 = norm(width, scale_init=nnx.initializers.zeros)
+    self.shortcut = _projection(in_features, width, stride, conv, norm)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.norm1(self.conv1(x)))
+    y = self.norm2(self.conv2(y))
+    return nnx.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+class BottleneckBlock(nnx.Module):
+  """1x1 reduce -> 3x3 (strided) -> 1x1 expand to ``4 * width``, with a shortcut."""
+
+  expansion = 4
+
+  def __init__(self, in_features: int, width: int, stride: int, *, use_bias: bool, dtype: jnp.dtype,
+               rngs: nnx.Rngs):
+    conv, norm = conv_bn_factories(use_bias, dtype, rngs)
+    out = width * self.expansion
+    self.conv1 = conv(in_features, width, (1, 1))
+    self.norm1 = norm(width)
+    self.conv2 = conv(width, width, (3, 3), strides=stride, padding=1)
+    self.norm2 = norm(width)
+    self.conv3 = conv(width, out, (1, 1))
+    self.norm3 = norm(out, scale_init=nnx.initializers.zeros)
+    self.shortcut = _projection(in_features, out, stride, conv, norm)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.norm1(self.conv1(x)))
+    y = nnx.relu(self.norm2(self.conv2(y)))
+    y = self.norm3(self.conv3(y))
+    return nnx.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def _projection(in_features, out_features, stride, conv, norm):
+  if stride == 1 and in_features == out_features:
+    return None
+  return nnx.Sequential(conv(in_features, out_features, (1, 1), strides=stride), norm(out_features))
+
+
+BLOCKS = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+STEMS = ("cifar", "imagenet")
+
+
+class ResNet(nnx.Module):
+  """ResNet with a CIFAR (3x3) or ImageNet (7x7/2 + max pool) stem; NHWC input, logits output."""
+
+  def __init__(
+      self,
+      num_classes: int,
+      *,
+      stage_sizes: Sequence[int],
+      block: str = "basic",
+      widths: Sequence[int] = (64, 128, 256, 512),
+      stem: str = "cifar",
+      in_channels: int = 3,
+      use_bias: bool = True,
+      dtype: jnp.dtype = jnp.float32,
+      rngs: nnx.Rngs,
+  ):
+    if block not in BLOCKS:
+      raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {block!r}.")
+    if stem not in STEMS:
+      raise ValueError(f"stem must be one of {STEMS}, got {stem!r}.")
+    if len(widths) != len(stage_sizes):
+      raise ValueError(f"widths {tuple(widths)} and stage_sizes {tuple(stage_sizes)} differ in length.")
+    conv, norm = conv_bn_factories(use_bias, dtype, rngs)
+    block_cls = BLOCKS[block]
+    self.imagenet_stem = stem == "imagenet"
+    if self.imagenet_stem:
+      self.stem_conv = conv(in_channels, widths[0], (7, 7), strides=2, padding=3)
+    else:
+      self.stem_conv = conv(in_channels, widths[0], (3, 3), padding=1)
+    self.stem_norm = norm(widths[0])
+    blocks, features = [], widths[0]
+    for stage, (size, width) in enumerate(zip(stage_sizes, widths)):
+      for i in range(size):
+        stride = 2 if stage > 0 and i == 0 else 1
+        blocks.append(block_cls(features, width, stride, use_bias=use_bias, dtype=dtype, rngs=rngs))
+        features = width * block_cls.expansion
+    self.blocks = nnx.List(blocks)
+    self.head = nnx.Linear(features, num_classes, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                           rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.relu(self.stem_norm(self.stem_conv(x)))
+    if self.imagenet_stem:
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for block in self.blocks:
+      x = block(x)
+    return self.head(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
