@@ -36,3 +36,6 @@ from bort_jax.explain.metrics import make_grids
 from bort_jax.explain.metrics import perturbation_curve
 from bort_jax.explain.metrics import pixel_map
 from bort_jax.explain.metrics import pointing_game_score
+from bort_jax.explain.canonization import canonize
+from bort_jax.explain.canonization import fold_batchnorm
+from bort_jax.explain.canonization import fold_batchnorm_params
