@@ -134,9 +134,10 @@ def time_gemm(flops, dtype, repeats, warmup):
   return median_time(step, jnp.copy(a), a, repeats=repeats, warmup=warmup)
 
 
-def bort_tx(mode, alpha, every_k=1):
-  return bort_jax.bort_sgd(HYPER["learning_rate"], HYPER["gamma"], momentum=HYPER["momentum"],
-                           weight_decay=HYPER["weight_decay"], alpha=alpha, mode=mode, every_k=every_k)
+def bort_tx(mode, alpha, every_k=1, hyper=HYPER):
+  """`bort_jax.bort_sgd` with the benchmark's hyper-parameters."""
+  return bort_jax.bort_sgd(hyper["learning_rate"], hyper["gamma"], momentum=hyper["momentum"],
+                           weight_decay=hyper["weight_decay"], alpha=alpha, mode=mode, every_k=every_k)
 
 
 def sgd_tx():
@@ -170,11 +171,14 @@ def torch_tensors(params):
   return tensors, is_kernel
 
 
-def torch_reference_step(params, grads, buffers, is_kernel, mode, alpha):
-  """One reference-style BortS step, in place: a Python loop over tensors, naive product order."""
+def torch_reference_step(params, grads, buffers, is_kernel, mode, alpha, hyper=HYPER):
+  """One reference-style BortS step, in place: a Python loop over tensors, naive product order.
+
+  Momentum buffers start at zero, so the first step's buffer is the gradient, as in torch.optim.SGD.
+  """
   import torch
 
-  lr, gamma, momentum, wd = (HYPER[k] for k in ("learning_rate", "gamma", "momentum", "weight_decay"))
+  lr, gamma, momentum, wd = (hyper[k] for k in ("learning_rate", "gamma", "momentum", "weight_decay"))
   with torch.no_grad():
     for p, grad, buf, kernel in zip(params, grads, buffers, is_kernel):
       if kernel:
