@@ -1,0 +1,18 @@
+"""Data for the examples: one loader (``load_arrays``) and one batching pipeline.
+
+    images, labels = load_arrays("cifar10", "train", data_dir)       # or "mnist_small", "imagenet2012"...
+    loader = TrainLoader(images, labels, 128, seed=0, augment="cifar", normalization="cifar10")
+    for batch in loader.epoch(epoch, start_step=step):                # or loader.batches(start_step=s)
+      ...  # batch["image"] (128, 32, 32, 3) float32, batch["label"] (128,) int32, batch["mask"] (128,)
+    for batch in eval_batches(test_images, test_labels, 1000, normalization="cifar10"):
+      ...  # last batch padded; batch["mask"] marks real examples
+"""
+
+from examples.data.augment import imagenet_eval, imagenet_train, random_crop_flip
+from examples.data.pipeline import AUGMENTATIONS, TrainLoader, eval_batches, normalize, steps_per_epoch
+from examples.data.sources import (EMBEDDED_DATASET, LOCAL_DATASETS, NORMALIZATION, Normalization,
+                                   RecordColumn, load_arrays, normalization, num_classes)
+
+__all__ = ["load_arrays", "num_classes", "normalization", "Normalization", "NORMALIZATION", "RecordColumn",
+           "LOCAL_DATASETS", "EMBEDDED_DATASET", "TrainLoader", "eval_batches", "steps_per_epoch",
+           "normalize", "AUGMENTATIONS", "random_crop_flip", "imagenet_train", "imagenet_eval"]
