@@ -2,7 +2,8 @@
 
 All rows run in one process on the same machine, on the kernel shapes of ResNet-18, ResNet-50 and
 ViT-B/16 (Flax layout, `benchmarks/shapes.py`). Each row is one optimizer step (update + apply) timed
-with `block_until_ready` after warm-up; the median of `--repeats` runs is reported.
+with `block_until_ready` after warm-up; the median of `--repeats` samples is reported, the rows being
+sampled round-robin so that load from other processes on a shared machine hits every row alike.
 
 FLOP model of the correction, per constrained matrix view M of shape (n, m) = (fan_in, out):
   l2-full     Gram on the cheaper side, k = min(n, m): 2·n·m·k (Gram) + 2·n·m·k (product) = 4·n·m·k
@@ -79,18 +80,32 @@ def reference_flops(views):
   return sum(4 * v.batch * v.fan_in * v.out * v.out for v in views)
 
 
-def median_time(step, carry, *args, repeats=5, warmup=2, sync=jax.block_until_ready):
-  """Median wall time of `carry = step(carry, *args)`, calling `sync(carry)` before reading the clock."""
-  for _ in range(warmup):
-    carry = step(carry, *args)
-    sync(carry)
-  times = []
-  for _ in range(repeats):
+def sampler(step, carry, *args, steps=1, sync=jax.block_until_ready):
+  """A callable that runs `carry = step(carry, *args)` `steps` times, syncs, and returns seconds per call."""
+  cell = [carry]
+
+  def sample():
     start = time.perf_counter()
-    carry = step(carry, *args)
-    sync(carry)
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    value = cell[0]
+    for _ in range(steps):
+      value = step(value, *args)
+    sync(value)
+    cell[0] = value
+    return (time.perf_counter() - start) / steps
+
+  return sample
+
+
+def interleaved_medians(samplers, repeats, warmup):
+  """Median seconds of each sampler, sampled round-robin so that load from other processes hits all alike."""
+  for sample in samplers:
+    for _ in range(warmup):
+      sample()
+  times = [[] for _ in samplers]
+  for _ in range(repeats):
+    for record, sample in zip(times, samplers):
+      record.append(sample())
+  return [statistics.median(record) for record in times]
 
 
 def optimizer_step(tx):
@@ -104,20 +119,10 @@ def optimizer_step(tx):
   return jax.jit(step, donate_argnums=0)
 
 
-def time_optimizer(tx, params, grads, repeats, warmup, steps=1):
-  """Median seconds per jitted `tx` step, each sample averaging `steps` consecutive steps.
-
-  Runs on copies of `params` (the originals stay valid, the copies are donated).
-  """
+def optimizer_sampler(tx, params, grads, steps=1):
+  """Sampler of one jitted `tx` step (averaged over `steps`), on a donated copy of `params`."""
   params = jax.tree.map(jnp.copy, params)
-  one_step = optimizer_step(tx)
-
-  def run(carry, grads):
-    for _ in range(steps):
-      carry = one_step(carry, grads)
-    return carry
-
-  return median_time(run, (params, tx.init(params)), grads, repeats=repeats, warmup=warmup) / steps
+  return sampler(optimizer_step(tx), (params, tx.init(params)), grads, steps=steps)
 
 
 def gemm_size(flops):
@@ -125,13 +130,13 @@ def gemm_size(flops):
   return max(1, round((flops / 2) ** (1 / 3)))
 
 
-def time_gemm(flops, dtype, repeats, warmup):
-  """Median seconds of one jitted s × s matmul carrying `flops` FLOPs, in `dtype` with f32 accumulation."""
+def gemm_sampler(flops, dtype):
+  """Sampler of one jitted s × s matmul carrying `flops` FLOPs, in `dtype` with f32 accumulation."""
   s = gemm_size(flops)
   a = (jax.random.normal(jax.random.key(1), (s, s)) / math.sqrt(s)).astype(dtype)
   step = jax.jit(lambda c, a: jnp.matmul(a, c, preferred_element_type=jnp.float32).astype(dtype),
                  donate_argnums=0)
-  return median_time(step, jnp.copy(a), a, repeats=repeats, warmup=warmup)
+  return sampler(step, jnp.copy(a), a)
 
 
 def bort_tx(mode, alpha, every_k=1, hyper=HYPER):
@@ -195,27 +200,28 @@ def torch_reference_step(params, grads, buffers, is_kernel, mode, alpha, hyper=H
   return params
 
 
-def time_torch_reference(params, grads, mode, alpha, repeats, warmup):
-  """Median seconds of one reference-style step (`mode` l2-full or l1-fullrow; alpha float or "ada")."""
+def torch_samplers(params, grads, modes, alpha):
+  """Samplers of reference-style steps for each of `modes`, sharing one set of torch tensors."""
   import torch
 
   tensors, is_kernel = torch_tensors(params)
   torch_grads, _ = torch_tensors(grads)
   buffers = [torch.zeros_like(t) for t in tensors]
-  step = lambda carry: torch_reference_step(carry, torch_grads, buffers, is_kernel, mode, alpha)
-  return median_time(step, tensors, repeats=repeats, warmup=warmup, sync=lambda carry: None)  # eager CPU
+  no_sync = lambda carry: None  # eager CPU torch has finished when the call returns
+  return [sampler(lambda carry, mode=mode: torch_reference_step(carry, torch_grads, buffers, is_kernel, mode, alpha),
+                  tensors, sync=no_sync) for mode in modes]
 
 
 def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, warmup=2,
                    dtype=jnp.float32, with_torch=None):
-  """Times every row on `shape_tree`; returns a list of dicts (row, seconds, flops).
+  """Times every row on `shape_tree`, samples interleaved; returns a list of dicts (name, detail, flops, seconds).
 
   Args:
     shape_tree: pytree of `jax.ShapeDtypeStruct` (see `benchmarks/shapes.py`).
     modes: Bort modes to time (subset of `MODES`).
     alpha: fixed amplitude, or "adaptive" (the torch row then uses the reference's `.item()` "ada").
-    every_k: extra `every_k` values to time for l2-full (amortised correction).
-    repeats, warmup: timed and untimed calls per row.
+    every_k: extra `every_k` values to time for l2-full (cost averaged over k consecutive steps).
+    repeats, warmup: timed and untimed samples per row.
     dtype: parameter dtype (the core accumulates in f32 for bf16).
     with_torch: time the reference-style torch loop; default: when torch is importable.
   """
@@ -224,23 +230,25 @@ def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, wa
   params = shapes_lib.init_params(shape_tree, jax.random.key(0), dtype)
   grads = jax.tree.map(lambda p: 1e-3 * p, params)
   views = matrix_views(params)
-  reference_alpha = "ada" if alpha in ("adaptive", "ada") else alpha
   rows = [dict(name="optax.sgd", detail="+ weight decay, momentum", flops=0,
-               seconds=time_optimizer(sgd_tx(), params, grads, repeats, warmup))]
+               sample=optimizer_sampler(sgd_tx(), params, grads))]
   for mode in modes:
     flops = correction_flops(views, mode)
     rows.append(dict(name=f"bort_sgd {mode}", detail="", flops=flops,
-                     seconds=time_optimizer(bort_tx(mode, alpha), params, grads, repeats, warmup)))
+                     sample=optimizer_sampler(bort_tx(mode, alpha), params, grads)))
     rows.append(dict(name=f"GEMM {mode}", detail=f"one {gemm_size(flops)}² matmul", flops=flops,
-                     seconds=time_gemm(flops, dtype, repeats, warmup)))
+                     sample=gemm_sampler(flops, dtype)))
   for k in every_k:
     rows.append(dict(name=f"bort_sgd l2-full every_k={k}", detail=f"mean over {k} steps", flops=0,
-                     seconds=time_optimizer(bort_tx("l2-full", alpha, k), params, grads, repeats, warmup, k)))
-  if with_torch:
-    for mode in [m for m in modes if m in ("l2-full", "l1-fullrow")]:
-      rows.append(dict(name=f"torch reference {mode}", detail=f"alpha={reference_alpha}", flops=reference_flops(views),
-                       seconds=time_torch_reference(params, grads, mode, reference_alpha, repeats, warmup)))
-  return rows
+                     sample=optimizer_sampler(bort_tx("l2-full", alpha, k), params, grads, steps=k)))
+  torch_modes = [m for m in modes if m in ("l2-full", "l1-fullrow")] if with_torch else []
+  if torch_modes:
+    reference_alpha = "ada" if alpha in ("adaptive", "ada") else alpha
+    for mode, sample in zip(torch_modes, torch_samplers(params, grads, torch_modes, reference_alpha)):
+      rows.append(dict(name=f"torch reference {mode}", detail=f"alpha={reference_alpha}",
+                       flops=reference_flops(views), sample=sample))
+  seconds = interleaved_medians([row.pop("sample") for row in rows], repeats, warmup)
+  return [dict(row, seconds=t) for row, t in zip(rows, seconds)]
 
 
 def ratio_lines(rows):
