@@ -44,7 +44,7 @@ def torch_momentum(momentum: float, dampening: float = 0.0, nesterov: bool = Fal
 
   With ``dampening == 0`` this equals ``optax.trace`` (used then); dampening needs the first-step special case.
   """
-  if dampening == 0:
+  if _is_static_zero(dampening):
     return optax.trace(decay=momentum, nesterov=nesterov)
 
   def init_fn(params):
@@ -60,11 +60,17 @@ def torch_momentum(momentum: float, dampening: float = 0.0, nesterov: bool = Fal
   return optax.GradientTransformation(init_fn, update_fn)
 
 
+def _is_static_zero(value) -> bool:
+  """Whether ``value`` is a Python zero (hyperparameters may be traced under ``inject_hyperparams``)."""
+  return isinstance(value, (int, float)) and value == 0
+
+
 def _check_sgd_args(momentum, dampening, weight_decay, nesterov):
   for name, value in (("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)):
     if isinstance(value, (int, float)) and value < 0:
       raise ValueError(f"{name} must be non-negative, got {value!r}.")
-  if nesterov and (momentum <= 0 or dampening != 0):
+  static = all(isinstance(v, (int, float)) for v in (momentum, dampening))
+  if nesterov and static and (momentum <= 0 or dampening != 0):
     raise ValueError("nesterov=True requires momentum > 0 and dampening == 0.")
 
 
@@ -106,7 +112,7 @@ def bort_sgd(
       transform.add_bort_correction(
           gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k),
       optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
-      torch_momentum(momentum, dampening, nesterov) if momentum else optax.identity(),
+      optax.identity() if _is_static_zero(momentum) else torch_momentum(momentum, dampening, nesterov),
       optax.scale_by_learning_rate(learning_rate),
   )
 
