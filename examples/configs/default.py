@@ -1,0 +1,64 @@
+"""Defaults shared by every example config; the other files override a few fields.
+
+Every field is validated by `examples.config_validation.validate_config` before training starts.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """Returns the default config: LeNet-5 on MNIST with plain SGD, no checkpoint pressure."""
+  c = ml_collections.ConfigDict()
+
+  # Model: a name understood by `examples.models.create_model`, plus its keyword arguments.
+  c.model = "lenet5"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.use_bias = True  # False gives the bias-free variants used for explainability work.
+
+  # Data: `examples.data.load_arrays(dataset, split, data_dir)`; data_dir "" means $BORT_DATA_DIR / TFDS.
+  c.dataset = "mnist"
+  c.data_dir = ""
+  c.augment = "none"  # "none" | "cifar" (pad-4 crop + flip) | "imagenet" (random-resized crop + flip).
+  c.image_size = 0  # side of ImageNet-style crops (0: the pipeline's default, 224).
+  c.num_classes = 0  # 0: max(train label) + 1.
+  c.train_limit = 0  # keep only the first N training examples (0: all), for smoke tests.
+
+  # Optimizer: "sgd" | "bort_sgd" | "adamw" | "bort_adamw".
+  c.optimizer = "sgd"
+  c.learning_rate = 0.1
+  c.lr_schedule = "cosine"  # "cosine" (to 0 over the run) | "constant"; both after a linear warmup.
+  c.warmup_epochs = 0.0
+  c.momentum = 0.9
+  c.nesterov = False
+  c.weight_decay = 5e-4  # SGD: coupled (PyTorch style); AdamW: decoupled.
+  c.b1 = 0.9
+  c.b2 = 0.999
+  c.eps = 1e-8
+
+  # Bort (only read by the bort_* optimizers): correction strength, amplitude and mode.
+  c.gamma = 1e-2
+  c.alpha = 1.0
+  c.adaptive_alpha = False  # True: alpha = (mean row norm)^2, computed in-graph.
+  c.bort_mode = "l2-full"
+
+  # DBort data-aware term -lambda * mean(y^2)^beta over the model's sown layer outputs (0 disables).
+  c.dbort_lambda = 0.0
+  c.dbort_beta = 0.1
+
+  # Loss and loop.
+  c.label_smoothing = 0.0
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_epochs = 10
+  c.seed = 0
+  c.half_precision = False  # True: bfloat16 compute, float32 parameters and optimizer state.
+
+  # Checkpoints (Orbax): every N steps (0: only at the end), keep the newest K.
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
+  c.stop_after_steps = 0  # stop (as if preempted) after this many global steps; 0: never.
+
+  # Infrastructure.
+  c.multi_host = False  # call jax.distributed.initialize() (TPU pods / multi-process GPU).
+  c.progress_bar = True
+  return c

@@ -1,0 +1,41 @@
+"""Thin CLI around `examples.train.train_and_evaluate`.
+
+    python -m examples.main --config examples/configs/mnist_small_demo.py --workdir runs/demo \\
+        [--config.optimizer=bort_sgd] [--resume] [--data-dir DIR]
+
+`--data-dir` (or $BORT_DATA_DIR) holds `<dataset>.npz` files; any `--config.<field>=value` overrides the
+config file. Set BORT_MULTIHOST=1 (or --config.multi_host=True) on every host of a TPU pod.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from examples import train
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file with get_config().",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+_RESUME = flags.DEFINE_bool("resume", False, "Continue from the newest checkpoint in --workdir.")
+_DATA_DIR = flags.DEFINE_string("data-dir", None,
+                                "Directory of <dataset>.npz files (default: $BORT_DATA_DIR, then TFDS).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  _, results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
+                                        data_dir=_DATA_DIR.value)
+  if results["completed"]:
+    print(f"test accuracy {results['test_accuracy']:.4f}, mean off-diagonal orthogonality gap "
+          f"{results['mean_offdiag_gap']:.4f}; results in {_WORKDIR.value}/results.json")
+  else:
+    print(f"stopped at step {results['step']}; continue with --resume")
+
+
+if __name__ == "__main__":
+  app.run(main)

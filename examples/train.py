@@ -1,0 +1,284 @@
+"""Train state, jitted train/eval steps and the training loop of the examples.
+
+The state is explicit and purely functional: NNX modules are split once into a static graph and pure
+dicts of arrays (parameters, other model state such as BatchNorm statistics or dropout RNG streams), so
+a step is a plain `jax.jit` function that donates the old state, shards the batch on the mesh axis
+"data" and keeps the state replicated. Everything needed to continue a run bit-for-bit (state, step
+counter, data position = step) lives in that one pytree, checkpointed with Orbax.
+"""
+
+import dataclasses
+import functools
+import inspect
+import os
+import time
+from typing import Any, NamedTuple
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import tqdm
+
+import bort_jax
+from examples import checkpointing
+from examples import config_validation
+from examples import data as data_lib
+from examples import metrics_io
+from examples import models as models_lib
+from examples import optimizers
+from examples import sharding
+
+
+class TrainState(NamedTuple):
+  """Everything a training run carries from one step to the next."""
+  step: jax.Array  # int32 scalar: optimizer steps taken so far (also the data position).
+  params: dict  # nnx.Param values as a pure nested dict, float32.
+  model_state: dict  # the model's other variables: BatchNorm statistics, RNG streams.
+  opt_state: optax.OptState
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelGraphs:
+  """Static NNX graphs of the same model in training mode and in evaluation mode."""
+  train: nnx.GraphDef
+  eval: nnx.GraphDef
+
+
+def supports_capture(model_name: str) -> bool:
+  """Whether model `model_name` can sow its layer outputs (needed by the DBort loss term)."""
+  return "capture" in inspect.signature(models_lib.MODELS[model_name]).parameters
+
+
+def validate(config: ml_collections.ConfigDict):
+  """Checks every config field (ValueError naming the field and the accepted values)."""
+  config_validation.validate_config(config, model_names=sorted(models_lib.MODELS),
+                                    dataset_names=sorted(data_lib.NORMALIZATION),
+                                    bort_modes=bort_jax.MODES)
+  if config.dbort_lambda > 0 and not supports_capture(config.model):
+    accepted = ", ".join(repr(n) for n in sorted(models_lib.MODELS) if supports_capture(n))
+    raise ValueError(f"config.model={config.model!r} is not accepted with dbort_lambda > 0; accepted "
+                     f"values: {accepted} (models that sow their layer outputs).")
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Module:
+  kwargs = dict(config.model_kwargs)
+  if config.dbort_lambda > 0:
+    kwargs["capture"] = True
+  return models_lib.create_model(
+      config.model, num_classes=num_classes, rngs=nnx.Rngs(config.seed), use_bias=config.use_bias,
+      dtype=jnp.bfloat16 if config.half_precision else jnp.float32, **kwargs)
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation
+                       ) -> tuple[TrainState, ModelGraphs]:
+  """Splits `model` into graphs and pure-dict state and initializes the optimizer on its parameters."""
+  model.train()
+  train_graph, params, model_state = nnx.split(model, nnx.Param, ...)
+  model.eval()
+  eval_graph = nnx.split(model, nnx.Param, ...)[0]
+  model.train()
+  params, model_state = params.to_pure_dict(), model_state.to_pure_dict()
+  state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+  return state, ModelGraphs(train_graph, eval_graph)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example softmax cross-entropy against one-hot labels smoothed towards uniform by `eps`.
+
+  y = (1 - eps) onehot + eps / K (Szegedy et al., 2016, "Rethinking the Inception architecture").
+  """
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def normalize_images(images: jax.Array, stats: data_lib.Normalization, dtype=jnp.float32) -> jax.Array:
+  """uint8 NHWC -> (x / 255 - mean) / std in `dtype`, on device (hosts then ship 4x fewer bytes)."""
+  mean = jnp.asarray(stats.mean, jnp.float32)
+  std = jnp.asarray(stats.std, jnp.float32)
+  return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
+
+
+def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
+                    config: ml_collections.ConfigDict):
+  """Returns jit(train_step)(state, batch) -> (state, metrics); the input state is donated.
+
+  The loss is CE(label-smoothed) + [DBort] -lambda * sum_l mean(y_l^2)^beta over the sown outputs.
+  """
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+
+  def train_step(state: TrainState, batch: dict[str, jax.Array]):
+    images = normalize_images(batch["image"], data_lib.normalization(config.dataset), dtype)
+
+    def loss_fn(params):
+      model = nnx.merge(graphs.train, params, state.model_state)
+      logits = model(images)
+      task_loss = jnp.mean(cross_entropy(logits, batch["label"], config.label_smoothing))
+      loss = task_loss
+      if config.dbort_lambda > 0:
+        outputs = nnx.pop(model, nnx.Intermediate)
+        loss = loss + bort_jax.dbort_loss(outputs, config.dbort_lambda, config.dbort_beta)
+      model_state = nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+      return loss, (logits, task_loss, model_state)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (logits, task_loss, model_state)), grads = grad_fn(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": task_loss * batch["label"].shape[0],
+        "total_loss": loss * batch["label"].shape[0],
+        "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
+        "count": jnp.asarray(batch["label"].shape[0], jnp.int32),
+    }
+    return TrainState(state.step + 1, params, model_state, opt_state), metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(graphs: ModelGraphs, config: ml_collections.ConfigDict):
+  """Returns jit(eval_step)(params, model_state, batch) -> summed loss/correct/count over mask == 1."""
+  dtype = jnp.bfloat16 if config.half_precision else jnp.float32
+
+  def eval_step(params, model_state, batch):
+    model = nnx.merge(graphs.eval, params, model_state)
+    logits = model(normalize_images(batch["image"], data_lib.normalization(config.dataset), dtype))
+    mask = batch["mask"].astype(jnp.float32)
+    return {
+        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+        "count": jnp.sum(mask),
+    }
+
+  return jax.jit(eval_step)
+
+
+def gap_metrics(gaps) -> dict[str, dict[str, float]]:
+  """`bort_jax.orthogonality_gap` output as {layer path: {"offdiag", "diag", "norm_spread"}} floats."""
+  gaps = jax.device_get(gaps)
+  return {path: {k: float(np.mean(v)) for k, v in stats._asdict().items()}
+          for path, stats in gaps.items()}
+
+
+def mean_gap(gaps: dict[str, dict[str, float]], statistic: str = "offdiag") -> float:
+  """Mean over constrained layers of one gap statistic (the benchmark's "orthogonality gap")."""
+  return float(np.mean([g[statistic] for g in gaps.values()])) if gaps else float("nan")
+
+
+def evaluate(eval_step, state: TrainState, images, labels, config: ml_collections.ConfigDict,
+             mesh) -> dict[str, float]:
+  """Loss and accuracy over a whole split; the padded tail of the last batch is masked out."""
+  totals = None
+  for batch in data_lib.eval_batches(images, labels, config.eval_batch_size,
+                                     image_size=config.image_size or None):
+    out = eval_step(state.params, state.model_state, sharding.shard_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  return {"loss": float(totals["loss"] / totals["count"]),
+          "accuracy": float(totals["correct"] / totals["count"])}
+
+
+def _epoch_summary(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+  host = jax.device_get(metrics)
+  count = sum(float(m["count"]) for m in host)
+  return {"loss": sum(float(m["loss"]) for m in host) / count,
+          "accuracy": sum(float(m["correct"]) for m in host) / count}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
+                       data_dir: str | None = None) -> tuple[TrainState, dict[str, Any]]:
+  """Trains `config` in `workdir`; returns the final state and results (also in results.json).
+
+  Writes `metrics.jsonl` (one record per epoch), `curves.png`, `config.json`, `results.json` and Orbax
+  checkpoints under `workdir/checkpoints` (every `checkpoint_every_steps`, at each epoch end and at
+  the end). With `resume`, continues from the newest checkpoint exactly as if the run had never
+  stopped. `config.stop_after_steps` ends the run early, as a preemption would (results then have
+  "completed": False and results.json is not written).
+  """
+  validate(config)
+  sharding.maybe_initialize_distributed(config.multi_host)
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+
+  data_dir = data_dir or config.data_dir or None
+  train_images, train_labels = data_lib.load_arrays(config.dataset, "train", data_dir)
+  test_images, test_labels = data_lib.load_arrays(config.dataset, "test", data_dir)
+  if config.train_limit:
+    train_images, train_labels = train_images[:config.train_limit], train_labels[:config.train_limit]
+  num_classes = config.num_classes or data_lib.num_classes(train_labels)
+  loader = data_lib.TrainLoader(train_images, train_labels, config.batch_size, seed=config.seed,
+                                augment=None if config.augment == "none" else config.augment,
+                                image_size=config.image_size or None)
+  steps_per_epoch = loader.steps_per_epoch
+  total_steps = config.num_epochs * steps_per_epoch
+
+  tx, lr_schedule = optimizers.create_optimizer(config, steps_per_epoch)
+  state, graphs = create_train_state(create_model(config, num_classes), tx)
+  state = sharding.replicate(state, mesh)
+  train_step = make_train_step(graphs, tx, config)
+  eval_step = make_eval_step(graphs, config)
+
+  checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                            every_steps=config.checkpoint_every_steps,
+                                            keep=config.keep_checkpoints)
+  log = metrics_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
+  if resume and checkpointer.latest_step() is not None:
+    state = checkpointer.restore_latest(state)
+  step = int(state.step)
+  if is_chief:
+    log.keep_until(step // steps_per_epoch)  # drops a stale log of a fresh run, too.
+    metrics_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+
+  completed = True
+  for epoch in range(step // steps_per_epoch, config.num_epochs):
+    start, epoch_metrics = time.time(), []
+    first = step - epoch * steps_per_epoch
+    bar = tqdm.tqdm(loader.epoch(epoch, start_step=first), total=steps_per_epoch, initial=first,
+                    desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
+                    disable=not (config.progress_bar and is_chief))
+    for batch in bar:
+      batch = {"image": batch["image"], "label": batch["label"]}
+      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+      epoch_metrics.append(metrics)
+      step += 1
+      checkpointer.maybe_save(step, state)
+      if step % 20 == 0:
+        bar.set_postfix(loss=f"{float(metrics['loss'] / metrics['count']):.4f}")
+      if config.stop_after_steps and config.stop_after_steps <= step < total_steps:
+        completed = False
+        break
+    bar.close()
+    if not completed:
+      break
+    train, test = _epoch_summary(epoch_metrics), evaluate(eval_step, state, test_images, test_labels,
+                                                          config, mesh)
+    checkpointer.save(step, state)
+    gaps = bort_jax.orthogonality_gap(state.params)
+    record = {"epoch": epoch + 1, "step": step, "learning_rate": float(lr_schedule(step - 1)),
+              "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+              "test_loss": test["loss"], "test_accuracy": test["accuracy"],
+              "orthogonality_gap": gap_metrics(gaps), "seconds": time.time() - start}
+    if is_chief:
+      log.append(record)
+      metrics_io.plot_curves(log.read(), os.path.join(workdir, "curves.png"),
+                             title=f"{config.model} / {config.dataset} / {config.optimizer}")
+      print(f"epoch {epoch + 1}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
+            f"test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | {bort_jax.gap_summary(gaps)}",
+            flush=True)
+  checkpointer.save(step, state)
+  checkpointer.close()
+
+  results = {"completed": completed, "step": step, "epochs": config.num_epochs, "model": config.model,
+             "dataset": config.dataset, "optimizer": config.optimizer, "seed": config.seed}
+  if completed and is_chief:
+    final = log.read()[-1]
+    results.update({k: final[k] for k in ("train_loss", "train_accuracy", "test_loss",
+                                          "test_accuracy", "orthogonality_gap")})
+    results["mean_offdiag_gap"] = mean_gap(final["orthogonality_gap"])
+    metrics_io.write_json(os.path.join(workdir, "results.json"), results)
+  return state, results
