@@ -109,17 +109,17 @@ class _Identity(nnx.Module):
     return x
 
 
+def _get(parent, key: str):
+  return parent[int(key)] if key.isdigit() else getattr(parent, key)
+
+
 def _resolve(model: nnx.Module, path: str) -> tuple[Any, str]:
   """Parent object and last key of an attribute path; digits index lists (``"blocks/0/conv"``)."""
   *parents, last = _split(path)
   node = model
   for part in parents:
-    node = node[int(part)] if part.isdigit() else getattr(node, part)
+    node = _get(node, part)
   return node, last
-
-
-def _get(parent, key):
-  return parent[int(key)] if key.isdigit() else getattr(parent, key)
 
 
 def canonize(model: nnx.Module, pairs: Mapping[str, str]) -> nnx.Module:
