@@ -78,39 +78,35 @@ def encode_input(x: jax.Array) -> jax.Array:
   return jnp.concatenate([x, 1.0 - x], axis=-1)
 
 
-class BcosNet(nnx.Module):
-  """Small fully convolutional B-cos MNIST network on encoded NHWC input ``encode_input(x)``.
+class BcosMLP(nnx.Module):
+  """Small B-cos MNIST network: flattened ``encode_input(x)`` → B-cos dense layers → × ``logit_scale``.
 
-  B-cos conv 3×3 (2→c1) → max-pool 2 → B-cos conv 3×3 (c1→c2) → max-pool 2 → B-cos conv 3×3 (c2→c3)
-  → global average pool → B-cos dense (c3→classes) → × ``logit_scale``. No biases, no ReLU: every stage is
-  dynamic linear, and global pooling lets the net read grids of digits for the pointing game.
+  No biases and no ReLU: every layer is dynamic linear (the |cos|^(B−1) factor is the non-linearity), so
+  logits = W(x) · encoded exactly. ``logit_scale`` is a fixed temperature: B-cos outputs are bounded by the
+  input norm, and the softmax needs a wider logit range.
   """
 
-  def __init__(self, channels: Sequence[int] = (16, 32, 32), num_classes: int = 10, *, b: float = 2.0,
-               logit_scale: float = 10.0, rngs: nnx.Rngs):
-    if len(channels) != 3:
-      raise ValueError(f"channels must hold 3 conv widths, got {channels}")
-    c1, c2, c3 = channels
+  def __init__(self, in_features: int = 2 * 784, hidden_sizes: Sequence[int] = (512, 512),
+               num_classes: int = 10, *, b: float = 2.0, logit_scale: float = 10.0, rngs: nnx.Rngs):
+    sizes = (in_features, *hidden_sizes, num_classes)
+    self.layers = nnx.List([BcosDense(i, o, b=b, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
     self.logit_scale = logit_scale
-    self.conv1 = BcosConv(2, c1, b=b, rngs=rngs)
-    self.conv2 = BcosConv(c1, c2, b=b, rngs=rngs)
-    self.conv3 = BcosConv(c2, c3, b=b, rngs=rngs)
-    self.head = BcosDense(c3, num_classes, b=b, rngs=rngs)
 
   def __call__(self, encoded: jax.Array, *, detach: bool = False) -> jax.Array:
-    h = nnx.max_pool(self.conv1(encoded, detach=detach), (2, 2), (2, 2))
-    h = nnx.max_pool(self.conv2(h, detach=detach), (2, 2), (2, 2))
-    h = jnp.mean(self.conv3(h, detach=detach), axis=(1, 2))
-    return self.logit_scale * self.head(h, detach=detach)
+    h = encoded.reshape(encoded.shape[0], -1)
+    for layer in self.layers:
+      h = layer(h, detach=detach)
+    return self.logit_scale * h
 
 
-def bcos_apply_fns(model: BcosNet):
+def bcos_apply_fns(model: nnx.Module):
   """Split a B-cos net into pure functions of raw images and its parameter state.
 
   Returns:
     (apply_fn, linear_fn, params): ``apply_fn(params, x) -> logits`` on raw NHWC images in [0, 1];
     ``linear_fn(params, encoded)`` is the same network on encoded input with the dynamic scales frozen, i.e.
-    ``encoded ↦ W(x) encoded`` at the point of evaluation.
+    ``encoded ↦ W(x) encoded`` at the point of evaluation. ``model`` is a B-cos network called as
+    ``model(encoded, detach=...)``.
   """
   graphdef, params = nnx.split(model)
   apply_fn = lambda p, x: nnx.merge(graphdef, p)(encode_input(x))

@@ -36,21 +36,33 @@ def test_bcos_conv_matches_numpy_patches():
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-6)
 
 
+class _ConvNet(nnx.Module):
+  # B-cos conv → max-pool → B-cos conv → global mean → B-cos dense: pooling keeps the net dynamic linear.
+  def __init__(self, rngs):
+    self.conv1, self.conv2 = bcos.BcosConv(2, 4, rngs=rngs), bcos.BcosConv(4, 6, strides=2, rngs=rngs)
+    self.head = bcos.BcosDense(6, 3, rngs=rngs)
+
+  def __call__(self, encoded, *, detach=False):
+    h = nnx.max_pool(self.conv1(encoded, detach=detach), (2, 2), (2, 2))
+    return self.head(jnp.mean(self.conv2(h, detach=detach), axis=(1, 2)), detach=detach)
+
+
 def test_detach_keeps_the_forward_value():
-  model = bcos.BcosNet((4, 6, 8), rngs=nnx.Rngs(2))
-  encoded = bcos.encode_input(jnp.asarray(np.random.default_rng(2).uniform(size=(3, 28, 28, 1)), jnp.float32))
+  model = bcos.BcosMLP(2 * 64, (16, 8), rngs=nnx.Rngs(2))
+  encoded = bcos.encode_input(jnp.asarray(np.random.default_rng(2).uniform(size=(3, 8, 8, 1)), jnp.float32))
   np.testing.assert_allclose(model(encoded, detach=True), model(encoded), rtol=1e-6)
 
 
-@pytest.mark.parametrize("size", [28, 56])
-def test_contributions_sum_to_the_logit(size):
-  apply_fn, linear_fn, params = bcos.bcos_apply_fns(bcos.BcosNet((4, 6, 8), rngs=nnx.Rngs(3)))
-  x = jnp.asarray(np.random.default_rng(size).uniform(size=(4, size, size, 1)), jnp.float32)
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_contributions_sum_to_the_logit(net):
+  model = bcos.BcosMLP(2 * 64, (16, 8), num_classes=3, rngs=nnx.Rngs(3)) if net == "mlp" else _ConvNet(nnx.Rngs(3))
+  apply_fn, linear_fn, params = bcos.bcos_apply_fns(model)
+  x = jnp.asarray(np.random.default_rng(4).uniform(size=(4, 8, 8, 1)), jnp.float32)
   logits = apply_fn(params, x)
   for target in range(3):
     labels = jnp.full((4,), target)
-    contributions = jax.jit(bcos.bcos_contributions, static_argnums=0)(linear_fn, params, x, labels)
-    assert contributions.shape == (4, size, size, 2)
+    contributions = bcos.bcos_contributions(linear_fn, params, x, labels)
+    assert contributions.shape == (4, 8, 8, 2)
     np.testing.assert_allclose(contributions.sum(axis=(1, 2, 3)), logits[:, target], rtol=1e-4, atol=1e-5)
 
 
