@@ -38,6 +38,7 @@ class TrainState(NamedTuple):
   params: dict  # nnx.Param values as a pure nested dict, float32.
   model_state: dict  # the model's other variables: BatchNorm statistics, RNG streams.
   opt_state: optax.OptState
+  epoch_metrics: dict  # sums over the current epoch's steps so far: loss, correct, count.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +50,9 @@ class ModelGraphs:
 
 def supports_capture(model_name: str) -> bool:
   """Whether model `model_name` can sow its layer outputs (needed by the DBort loss term)."""
-  return "capture" in inspect.signature(models_lib.MODELS[model_name]).parameters
+  factory = models_lib.MODELS[model_name]
+  factory = getattr(factory, "func", factory)  # functools.partial presets
+  return "capture" in inspect.signature(factory.__init__).parameters
 
 
 def validate(config: ml_collections.ConfigDict):
@@ -80,8 +83,10 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation
   model.eval()
   eval_graph = nnx.split(model, nnx.Param, ...)[0]
   model.train()
-  params, model_state = params.to_pure_dict(), model_state.to_pure_dict()
-  state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params))
+  params, model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
+  sums = {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
+          "count": jnp.zeros((), jnp.int32)}
+  state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), sums)
   return state, ModelGraphs(train_graph, eval_graph)
 
 
@@ -102,10 +107,12 @@ def normalize_images(images: jax.Array, stats: data_lib.Normalization, dtype=jnp
 
 
 def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
-                    config: ml_collections.ConfigDict):
-  """Returns jit(train_step)(state, batch) -> (state, metrics); the input state is donated.
+                    config: ml_collections.ConfigDict, steps_per_epoch: int):
+  """Returns jit(train_step)(state, batch) -> (state, batch metrics); the input state is donated.
 
   The loss is CE(label-smoothed) + [DBort] -lambda * sum_l mean(y_l^2)^beta over the sown outputs.
+  `state.epoch_metrics` restarts from zero on the first step of every epoch, so a resumed run reports
+  the same epoch averages as an uninterrupted one.
   """
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
 
@@ -120,20 +127,22 @@ def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
       if config.dbort_lambda > 0:
         outputs = nnx.pop(model, nnx.Intermediate)
         loss = loss + bort_jax.dbort_loss(outputs, config.dbort_lambda, config.dbort_beta)
-      model_state = nnx.state(model, nnx.Not(nnx.Param)).to_pure_dict()
+      model_state = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
       return loss, (logits, task_loss, model_state)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (logits, task_loss, model_state)), grads = grad_fn(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": task_loss * batch["label"].shape[0],
-        "total_loss": loss * batch["label"].shape[0],
-        "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]),
-        "count": jnp.asarray(batch["label"].shape[0], jnp.int32),
-    }
-    return TrainState(state.step + 1, params, model_state, opt_state), metrics
+    size = batch["label"].shape[0]
+    metrics = {"loss": task_loss * size,
+               "correct": jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.int32),
+               "count": jnp.asarray(size, jnp.int32)}
+    fresh = state.step % steps_per_epoch == 0
+    sums = jax.tree.map(lambda s, m: jnp.where(fresh, jnp.zeros_like(s), s) + m,
+                        state.epoch_metrics, metrics)
+    new_state = TrainState(state.step + 1, params, model_state, opt_state, sums)
+    return new_state, dict(metrics, total_loss=loss * size)
 
   return jax.jit(train_step, donate_argnums=0)
 
@@ -180,11 +189,10 @@ def evaluate(eval_step, state: TrainState, images, labels, config: ml_collection
           "accuracy": float(totals["correct"] / totals["count"])}
 
 
-def _epoch_summary(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
-  host = jax.device_get(metrics)
-  count = sum(float(m["count"]) for m in host)
-  return {"loss": sum(float(m["loss"]) for m in host) / count,
-          "accuracy": sum(float(m["correct"]) for m in host) / count}
+def _epoch_summary(sums: dict[str, jax.Array]) -> dict[str, float]:
+  sums = jax.device_get(sums)
+  return {"loss": float(sums["loss"] / sums["count"]),
+          "accuracy": float(sums["correct"] / sums["count"])}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
@@ -192,10 +200,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   """Trains `config` in `workdir`; returns the final state and results (also in results.json).
 
   Writes `metrics.jsonl` (one record per epoch), `curves.png`, `config.json`, `results.json` and Orbax
-  checkpoints under `workdir/checkpoints` (every `checkpoint_every_steps`, at each epoch end and at
-  the end). With `resume`, continues from the newest checkpoint exactly as if the run had never
-  stopped. `config.stop_after_steps` ends the run early, as a preemption would (results then have
-  "completed": False and results.json is not written).
+  checkpoints under `workdir/checkpoints` (every `checkpoint_every_steps` and at each epoch end, so
+  also at the end). With `resume`, continues from the newest checkpoint exactly as if the run had
+  never stopped. `config.stop_after_steps` ends the run like a kill would: without saving, so the
+  steps since the last checkpoint are lost and redone on resume (results have "completed": False and
+  results.json is not written).
   """
   validate(config)
   sharding.maybe_initialize_distributed(config.multi_host)
@@ -207,7 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
 
   data_dir = data_dir or config.data_dir or None
   train_images, train_labels = data_lib.load_arrays(config.dataset, "train", data_dir)
-  test_images, test_labels = data_lib.load_arrays(config.dataset, "test", data_dir)
+  test_images, test_labels = data_lib.load_arrays(config.dataset, config.eval_split, data_dir)
   if config.train_limit:
     train_images, train_labels = train_images[:config.train_limit], train_labels[:config.train_limit]
   num_classes = config.num_classes or data_lib.num_classes(train_labels)
@@ -220,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   tx, lr_schedule = optimizers.create_optimizer(config, steps_per_epoch)
   state, graphs = create_train_state(create_model(config, num_classes), tx)
   state = sharding.replicate(state, mesh)
-  train_step = make_train_step(graphs, tx, config)
+  train_step = make_train_step(graphs, tx, config, steps_per_epoch)
   eval_step = make_eval_step(graphs, config)
 
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -236,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
 
   completed = True
   for epoch in range(step // steps_per_epoch, config.num_epochs):
-    start, epoch_metrics = time.time(), []
+    start = time.time()
     first = step - epoch * steps_per_epoch
     bar = tqdm.tqdm(loader.epoch(epoch, start_step=first), total=steps_per_epoch, initial=first,
                     desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
@@ -244,7 +253,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     for batch in bar:
       batch = {"image": batch["image"], "label": batch["label"]}
       state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-      epoch_metrics.append(metrics)
       step += 1
       checkpointer.maybe_save(step, state)
       if step % 20 == 0:
@@ -255,7 +263,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     bar.close()
     if not completed:
       break
-    train, test = _epoch_summary(epoch_metrics), evaluate(eval_step, state, test_images, test_labels,
+    train, test = _epoch_summary(state.epoch_metrics), evaluate(eval_step, state, test_images, test_labels,
                                                           config, mesh)
     checkpointer.save(step, state)
     gaps = bort_jax.orthogonality_gap(state.params)
@@ -270,8 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       print(f"epoch {epoch + 1}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
             f"test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | {bort_jax.gap_summary(gaps)}",
             flush=True)
-  checkpointer.save(step, state)
-  checkpointer.close()
+  checkpointer.close()  # the last epoch's checkpoint is the final one; a stopped run saves nothing more.
 
   results = {"completed": completed, "step": step, "epochs": config.num_epochs, "model": config.model,
              "dataset": config.dataset, "optimizer": config.optimizer, "seed": config.seed}

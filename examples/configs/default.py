@@ -18,6 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: `examples.data.load_arrays(dataset, split, data_dir)`; data_dir "" means $BORT_DATA_DIR / TFDS.
   c.dataset = "mnist"
   c.data_dir = ""
+  c.eval_split = "test"  # ImageNet (TFDS): "validation".
   c.augment = "none"  # "none" | "cifar" (pad-4 crop + flip) | "imagenet" (random-resized crop + flip).
   c.image_size = 0  # side of ImageNet-style crops (0: the pipeline's default, 224).
   c.num_classes = 0  # 0: max(train label) + 1.
@@ -62,3 +63,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.multi_host = False  # call jax.distributed.initialize() (TPU pods / multi-process GPU).
   c.progress_bar = True
   return c
+
+
+def apply_recipe(config: ml_collections.ConfigDict, recipes: dict[str, dict], name: str):
+  """Updates `config` with recipe `name` of `recipes` (ValueError listing the recipes otherwise)."""
+  if name not in recipes:
+    raise ValueError(f"config argument (recipe) {name!r} is not accepted; accepted values: "
+                     f"{', '.join(repr(r) for r in recipes)}.")
+  config.update(recipes[name])
+  return config

@@ -1,0 +1,9 @@
+"""LeNet-5 on Fashion-MNIST; same recipes as `mnist_lenet.py` (pick one after ":")."""
+
+from examples.configs import mnist_lenet
+
+
+def get_config(recipe: str = "bort_sgd"):
+  c = mnist_lenet.get_config(recipe)
+  c.dataset = "fashion_mnist"
+  return c

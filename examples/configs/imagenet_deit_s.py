@@ -1,0 +1,35 @@
+"""DeiT-S (ViT-S/16, drop path 0.1) on ImageNet (TFDS "imagenet2012", 224x224), 300 epochs.
+
+Touvron et al. (2021) optimisation: AdamW lr 5e-4 per 512 images (1e-3 at batch 1024), weight decay
+0.05, 5 warmup epochs, cosine decay, label smoothing 0.1, bf16 compute. Not reproduced here: RandAugment,
+Mixup/CutMix, random erasing and repeated augmentation (the pipeline only has random-resized crop +
+flip). Pick a recipe after ":" (default "bort_adamw").
+"""
+
+from examples.configs import default
+
+RECIPES = {
+    "adamw": dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.05),
+    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=0.05, gamma=1e-2),
+    "sgd": dict(optimizer="sgd", learning_rate=0.4, momentum=0.9, weight_decay=1e-4),
+    "bort_sgd": dict(optimizer="bort_sgd", learning_rate=0.4, momentum=0.9, weight_decay=1e-4,
+                     gamma=1e-4),
+}
+
+
+def get_config(recipe: str = "bort_adamw"):
+  c = default.get_config()
+  c.dataset = "imagenet2012"
+  c.eval_split = "validation"
+  c.model = "deit_s"
+  c.num_classes = 1000
+  c.augment = "imagenet"
+  c.image_size = 224
+  c.batch_size = 1024
+  c.eval_batch_size = 1024
+  c.num_epochs = 300
+  c.warmup_epochs = 5.0
+  c.label_smoothing = 0.1
+  c.half_precision = True
+  c.checkpoint_every_steps = 5000
+  return default.apply_recipe(c, RECIPES, recipe)

@@ -1,0 +1,34 @@
+"""ResNet-50 on ImageNet (TFDS "imagenet2012", 224x224), 90 epochs, data parallel over all devices.
+
+Goyal et al. (2017) recipe: SGD momentum 0.9, lr 0.1 per 256 images (0.4 at batch 1024), 5 warmup
+epochs, cosine decay, weight decay 1e-4, label smoothing 0.1, random-resized crop + flip, bf16 compute.
+Bort-SGD uses the reference implementation's default gamma 1e-4. Pick a recipe after ":".
+"""
+
+from examples.configs import default
+
+RECIPES = {
+    "sgd": dict(optimizer="sgd", learning_rate=0.4, momentum=0.9, weight_decay=1e-4),
+    "bort_sgd": dict(optimizer="bort_sgd", learning_rate=0.4, momentum=0.9, weight_decay=1e-4,
+                     gamma=1e-4),
+    "adamw": dict(optimizer="adamw", learning_rate=2e-3, weight_decay=5e-2),
+    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=2e-3, weight_decay=5e-2, gamma=1e-2),
+}
+
+
+def get_config(recipe: str = "bort_sgd"):
+  c = default.get_config()
+  c.dataset = "imagenet2012"
+  c.eval_split = "validation"
+  c.model = "resnet50"
+  c.num_classes = 1000
+  c.augment = "imagenet"
+  c.image_size = 224
+  c.batch_size = 1024
+  c.eval_batch_size = 1024
+  c.num_epochs = 90
+  c.warmup_epochs = 5.0
+  c.label_smoothing = 0.1
+  c.half_precision = True
+  c.checkpoint_every_steps = 5000
+  return default.apply_recipe(c, RECIPES, recipe)

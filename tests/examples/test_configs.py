@@ -1,0 +1,100 @@
+"""Example configs: every file and recipe validates; bad values fail up front, naming field and choices."""
+
+import importlib
+import pathlib
+import re
+
+import pytest
+
+from examples import train
+from examples.configs import default
+
+CONFIG_DIR = pathlib.Path(train.__file__).parent / "configs"
+CONFIG_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
+REQUIRED = {"mnist_mlp", "mnist_lenet", "fashion_mnist_mlp", "fashion_mnist_lenet", "cifar10_resnet18",
+            "imagenet_resnet50", "imagenet_vgg16", "imagenet_deit_s", "mnist_small_demo"}
+
+
+def _module(name):
+  return importlib.import_module(f"examples.configs.{name}")
+
+
+def test_required_configs_exist():
+  assert REQUIRED <= set(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_every_config_and_recipe_validates(name):
+  module = _module(name)
+  train.validate(module.get_config())
+  for recipe in getattr(module, "RECIPES", {}):
+    config = module.get_config(recipe)
+    assert config.optimizer == module.RECIPES[recipe]["optimizer"]
+    train.validate(config)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CONFIG_NAMES if hasattr(_module(n), "RECIPES")))
+def test_bort_recipes_change_only_the_correction(name):
+  """Bort-vs-baseline comparisons change one thing: the optimizer name and its Bort fields."""
+  recipes = _module(name).RECIPES
+  for base, bort in (("sgd", "bort_sgd"), ("adamw", "bort_adamw")):
+    extra = {k: v for k, v in recipes[bort].items() if recipes[base].get(k) != v}
+    assert set(extra) <= {"optimizer", "gamma", "alpha", "adaptive_alpha", "bort_mode"}, extra
+
+
+def test_unknown_recipe_lists_the_recipes():
+  with pytest.raises(ValueError, match=r"'adam' is not accepted; accepted values: 'sgd', 'bort_sgd'"):
+    _module("mnist_lenet").get_config("adam")
+
+
+BAD_VALUES = [
+    ("optimizer", "adam", "'sgd', 'bort_sgd', 'adamw', 'bort_adamw'"),
+    ("model", "resnet1000", "'lenet5'"),
+    ("dataset", "svhn", "'mnist'"),
+    ("lr_schedule", "step", "'cosine', 'constant'"),
+    ("augment", "autoaugment", "'none', 'cifar', 'imagenet'"),
+    ("bort_mode", "l3-full", "'l2-full'"),
+    ("learning_rate", -0.1, "a float > 0"),
+    ("gamma", -1.0, "a float >= 0"),
+    ("alpha", 0.0, "a float > 0"),
+    ("momentum", 1.0, "a float in [0, 1)"),
+    ("label_smoothing", 1.0, "a float in [0, 1)"),
+    ("batch_size", 0, "an int > 0"),
+    ("num_epochs", 0, "an int > 0"),
+    ("keep_checkpoints", 0, "an int > 0"),
+    ("checkpoint_every_steps", -5, "an int >= 0"),
+    ("dbort_beta", 0.0, "a float > 0"),
+]
+
+
+@pytest.mark.parametrize("field,value,accepted", BAD_VALUES)
+def test_bad_value_names_field_and_accepted_values(field, value, accepted):
+  config = _module("mnist_small_demo").get_config()
+  config[field] = value
+  with pytest.raises(ValueError, match=re.escape(f"config.{field}={value!r} is not accepted") +
+                     ".*" + re.escape(accepted)):
+    train.validate(config)
+
+
+def test_cross_field_checks():
+  config = default.get_config()
+  config.warmup_epochs = float(config.num_epochs)
+  with pytest.raises(ValueError, match=r"config\.warmup_epochs=10\.0.*a float < num_epochs=10"):
+    train.validate(config)
+  config = default.get_config()
+  config.momentum, config.nesterov = 0.0, True
+  with pytest.raises(ValueError, match=r"config\.nesterov=True.*False when momentum == 0"):
+    train.validate(config)
+  config = default.get_config()
+  config.model, config.dbort_lambda = "resnet18", 1e-3
+  with pytest.raises(ValueError, match=r"config\.model='resnet18'.*dbort_lambda > 0.*'lenet5', 'mlp'"):
+    train.validate(config)
+
+
+def test_bad_config_fails_before_anything_is_written(tmp_path):
+  config = _module("mnist_small_demo").get_config()
+  config.optimizer = "adam"
+  workdir = tmp_path / "run"
+  with pytest.raises(ValueError, match=r"config\.optimizer='adam'"):
+    train.train_and_evaluate(config, str(workdir))
+  assert not workdir.exists()
