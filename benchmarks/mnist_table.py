@@ -19,7 +19,6 @@ import pathlib
 import sys
 import time
 
-
 import jax
 import ml_collections
 import numpy as np
@@ -29,26 +28,18 @@ from examples import data as data_lib
 from examples import optimizers
 from examples import sharding
 from examples import train
-from examples.configs import default
+from examples.configs import mnist_lenet
 
-# Optimizer recipes shared by both models; Bort variants change only the added correction.
-RECIPES = {
-    "sgd": dict(optimizer="sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4),
-    "bort_sgd": dict(optimizer="bort_sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
-                     gamma=1e-2),
-    "adamw": dict(optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4),
-    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=1e-4, gamma=0.5),
-}
+# The recipes of examples/configs/{mnist,fashion_mnist}_{mlp,lenet}.py (shared by all four files).
+RECIPES = {name: mnist_lenet.RECIPES[name] for name in ("sgd", "bort_sgd", "adamw", "bort_adamw")}
 MODELS = ("mlp", "lenet5")
-PAIRS = (("sgd", "bort_sgd"), ("adamw", "bort_adamw"))
 
 
 def make_config(dataset: str, model: str, optimizer: str, epochs: int, args) -> ml_collections.ConfigDict:
-  config = default.get_config()
+  config = mnist_lenet.get_config(optimizer)
   config.update(dict(dataset=dataset, model=model, num_epochs=epochs, batch_size=args.batch_size,
-                     eval_batch_size=1000, warmup_epochs=min(0.5, epochs / 4), lr_schedule="cosine",
-                     progress_bar=False, train_limit=args.train_limit))
-  config.update(RECIPES[optimizer])
+                     eval_batch_size=1000, warmup_epochs=min(0.5, epochs / 4), progress_bar=False,
+                     train_limit=args.train_limit))
   for override in args.set:
     key, value = override.split("=", 1)
     opt, field = key.split(".", 1) if "." in key else (None, key)
@@ -80,10 +71,17 @@ def run_cell(dataset: str, model: str, optimizer: str, epochs: int, seeds, data,
     test = train.evaluate(eval_step, state, test_images, test_labels, config, mesh)
     gaps = train.gap_metrics(jax.jit(bort_jax.orthogonality_gap)(state.params))
     runs.append({"seed": seed, "test_accuracy": test["accuracy"], "gap": train.mean_gap(gaps),
-                 "seconds": time.time() - start})
+                 "seconds": time.time() - start, "settings": _settings(config)})
     print(f"{dataset} {model} {optimizer} seed {seed}: acc {test['accuracy']:.4f} "
           f"gap {runs[-1]['gap']:.4f} ({runs[-1]['seconds']:.0f}s)", flush=True)
   return runs
+
+
+def _settings(config) -> str:
+  fields = ["learning_rate", "weight_decay"]
+  fields += ["momentum"] if "sgd" in config.optimizer else ["b1", "b2", "eps"]
+  fields += ["gamma", "alpha", "bort_mode"] if config.optimizer.startswith("bort") else []
+  return ", ".join(f"{f}={config[f]}" for f in fields)
 
 
 def _mean_std(values, scale=1.0, digits=2):
@@ -93,13 +91,13 @@ def _mean_std(values, scale=1.0, digits=2):
 
 def write_table(path: str, dataset: str, results: dict, epochs: dict, args, seeds, started: float):
   lines = [f"# {dataset}: test accuracy and orthogonality gap, mean ± std over seeds {list(seeds)}", "",
-           "| model | optimizer | epochs | test accuracy (%) | orthogonality gap | per-seed accuracy (%) |",
-           "|---|---|---|---|---|---|"]
+           "| model | optimizer | epochs | test accuracy (%) | orthogonality gap | per-seed accuracy (%) "
+           "| settings |", "|---|---|---|---|---|---|---|"]
   for (model, optimizer), runs in results.items():
     accs = [r["test_accuracy"] for r in runs]
     lines.append(f"| {model} | {optimizer} | {epochs[model]} | {_mean_std(accs, 100)} | "
                  f"{_mean_std([r['gap'] for r in runs], digits=4)} | "
-                 f"{', '.join(f'{100 * a:.2f}' for a in accs)} |")
+                 f"{', '.join(f'{100 * a:.2f}' for a in accs)} | {runs[0]['settings']} |")
   lines += ["", "## Exactly what was run", "",
             f"- Command: `python benchmarks/mnist_table.py {' '.join(args.argv)}`",
             f"- Data: `{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
@@ -107,11 +105,9 @@ def write_table(path: str, dataset: str, results: dict, epochs: dict, args, seed
             "cosine learning-rate decay to 0 after a linear warmup of min(0.5, epochs/4) epochs.",
             f"- Models: `mlp` (784-256-256-10, ReLU) and `lenet5`, with biases, float32; "
             f"epochs per model: {epochs}.",
-            "- Optimizer recipes (Bort: l2-full mode, alpha = 1; correction on every conv/dense kernel):"]
-  for name, recipe in RECIPES.items():
-    lines.append(f"  - `{name}`: " + ", ".join(f"{k}={v}" for k, v in recipe.items() if k != "optimizer"))
-  if args.set:
-    lines.append(f"  - overrides: {args.set}")
+            "- Optimizers: the recipes of `examples/configs/mnist_lenet.py` (settings column, after "
+            f"overrides {args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; "
+            "Bort corrects every conv/dense kernel (not biases)."]
   lines += ["- Orthogonality gap: `bort_jax.orthogonality_gap(params)` `offdiag` statistic (RMS of the "
             "off-diagonal of G/mean diag G, G the Gram of the constrained side of each kernel), averaged "
             "over the constrained layers, after the last epoch.",
@@ -126,7 +122,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist", "mnist_small"))
   parser.add_argument("--out", required=True, help="Markdown file to write (a .json of runs beside it).")
-  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", "../shared/data"))
+  parser.add_argument("--data-dir", default=os.environ.get(
+      "BORT_DATA_DIR", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"))
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--mlp-epochs", type=int, default=8)
   parser.add_argument("--lenet-epochs", type=int, default=2)

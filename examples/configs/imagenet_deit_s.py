@@ -10,7 +10,7 @@ from examples.configs import default
 
 RECIPES = {
     "adamw": dict(optimizer="adamw", learning_rate=1e-3, weight_decay=0.05),
-    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=0.05, gamma=1e-2),
+    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=0.05, gamma=0.4),
     "sgd": dict(optimizer="sgd", learning_rate=0.4, momentum=0.9, weight_decay=1e-4),
     "bort_sgd": dict(optimizer="bort_sgd", learning_rate=0.4, momentum=0.9, weight_decay=1e-4,
                      gamma=1e-4),

@@ -12,7 +12,7 @@ RECIPES = {
     "bort_sgd": dict(optimizer="bort_sgd", learning_rate=0.04, momentum=0.9, weight_decay=5e-4,
                      gamma=1e-4),
     "adamw": dict(optimizer="adamw", learning_rate=1e-3, weight_decay=5e-2),
-    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=5e-2, gamma=1e-2),
+    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=5e-2, gamma=0.04),
 }
 
 

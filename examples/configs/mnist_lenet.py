@@ -18,7 +18,7 @@ RECIPES = {
     "dbort_sgd": dict(optimizer="bort_sgd", learning_rate=0.05, momentum=0.9, weight_decay=5e-4,
                       gamma=1e-2, dbort_lambda=1e-3, dbort_beta=0.1),
     "adamw": dict(optimizer="adamw", learning_rate=1e-3, weight_decay=1e-4),
-    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=1e-4, gamma=0.5),
+    "bort_adamw": dict(optimizer="bort_adamw", learning_rate=1e-3, weight_decay=1e-4, gamma=5.0),
 }
 
 
