@@ -15,6 +15,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from examples.data._parallel import parallel_map
+
 EVAL_CROP_FRACTION = 0.875  # 224 of 256
 
 
@@ -67,7 +69,7 @@ def imagenet_train(images, rng: np.random.Generator, size: int) -> np.ndarray:
   """Random-resized-crop + horizontal flip of a sequence of HWC uint8 images to (B, size, size, C)."""
   boxes = [sample_resized_crop_box(im.shape[0], im.shape[1], rng) for im in images]
   flip = rng.random(len(boxes)) < 0.5
-  out = np.stack([resize_box(im, box, size) for im, box in zip(images, boxes)])
+  out = np.stack(parallel_map(lambda args: resize_box(*args, size), list(zip(images, boxes))))
   out[flip] = out[flip, :, ::-1]
   return out
 
@@ -80,4 +82,4 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
 
 def imagenet_eval(images, size: int) -> np.ndarray:
   """Resize shorter side to size / 0.875, central size x size crop (one resampling step)."""
-  return np.stack([resize_box(im, center_crop_box(*im.shape[:2]), size) for im in images])
+  return np.stack(parallel_map(lambda im: resize_box(im, center_crop_box(*im.shape[:2]), size), images))

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from examples.data._parallel import parallel_map
+
 LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 EMBEDDED_DATASET = "mnist_small"
 LOCAL_SPLITS = ("train", "test")
@@ -106,7 +108,7 @@ class _Records:
   def read(self, indices: Sequence[int]) -> list[dict]:
     key = tuple(int(i) for i in indices)
     if key != self._last_key:
-      self._last_key, self._last = key, [self.source[i] for i in key]
+      self._last_key, self._last = key, parallel_map(self.source.__getitem__, key)
     return self._last
 
 
