@@ -46,8 +46,8 @@ def normalization(name: str) -> Normalization:
 
 
 def data_dir_or_env(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
-  """``data_dir`` if given, else ``$BORT_DATA_DIR`` if set, else None."""
-  data_dir = data_dir if data_dir is not None else os.environ.get("BORT_DATA_DIR")
+  """``data_dir`` if given (not None or ""), else ``$BORT_DATA_DIR`` if set, else None."""
+  data_dir = data_dir or os.environ.get("BORT_DATA_DIR") or None
   return None if data_dir is None else pathlib.Path(data_dir)
 
 
