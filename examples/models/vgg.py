@@ -51,7 +51,7 @@ class VGG16(nnx.Module):
     features *= (image_size // 32) ** 2
     hidden = [] if fc_width is None else [dense(features, fc_width), dense(fc_width, fc_width)]
     self.hidden = nnx.List(hidden)
-    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs) if hidden else None
     self.head = dense(features if fc_width is None else fc_width, num_classes)
 
   def __call__(self, x: jax.Array) -> jax.Array:
