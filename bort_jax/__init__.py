@@ -8,6 +8,7 @@ converges to PCA). Kernels are read in the Flax orientation ``M = kernel.reshape
 from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import torch_momentum
+from bort_jax._src.capture import capture_linen_io
 from bort_jax._src.correction import ADAPTIVE
 from bort_jax._src.correction import MODES
 from bort_jax._src.correction import bort_correction

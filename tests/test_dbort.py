@@ -113,3 +113,35 @@ def test_dbort_on_real_mnist_finds_the_top10_pca_subspace(data_dir):
   basis, _ = np.linalg.qr(m)
   cosines = np.linalg.svd(pca.T @ basis, compute_uv=False)  # cosines of the principal angles
   assert cosines.min() >= 0.999, cosines
+
+
+def test_capture_linen_io_feeds_the_transform_like_the_layer_local_loss():
+  import flax.linen as nn
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, h):
+      return nn.Dense(5, name="inner")(h)
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      h = nn.relu(nn.Conv(4, (3, 3), strides=2, name="conv")(x))
+      return Block(name="block")(h.reshape(h.shape[0], -1))
+
+  x = jax.random.normal(jax.random.PRNGKey(4), (3, 8, 8, 2))
+  net = Net()
+  variables = net.init(jax.random.PRNGKey(5), x)
+  logits, records = bj.capture_linen_io(net, variables, x)
+  assert set(records) == {"conv/kernel", "block/inner/kernel"}
+  np.testing.assert_allclose(logits, net.apply(variables, x), rtol=1e-6)
+
+  def local_loss(params):
+    conv_out = nn.Conv(4, (3, 3), strides=2).apply({"params": params["conv"]}, x)
+    hidden = jax.lax.stop_gradient(nn.relu(conv_out)).reshape(3, -1)
+    dense_out = nn.Dense(5).apply({"params": params["block"]["inner"]}, hidden)
+    return bj.dbort_loss({"conv": conv_out, "dense": dense_out})
+
+  expected = jax.grad(local_loss)(variables["params"])
+  ours = dbort_update(variables["params"], records)
+  assert_tree_close(ours, expected, rtol=1e-4, atol=1e-9)
