@@ -52,11 +52,15 @@ def _path_points(steps: int, method: str) -> tuple[jax.Array, jax.Array]:
 
 def integrated_gradients(apply_fn: ApplyFn, params, x: jax.Array, target: jax.Array,
                          baseline: jax.Array | float = 0.0, *, steps: int = 32,
-                         method: str = "trapezoid") -> jax.Array:
+                         method: str = "riemann_middle") -> jax.Array:
   """Integrated gradients (Sundararajan et al., 2017) along the straight path from ``baseline`` to ``x``.
 
   IG(x) = (x − x') ⊙ ∫_0^1 ∇f_t(x' + α(x − x')) dα, approximated with ``steps`` intervals of ``method``
   (one of ``IG_METHODS``). Completeness: Σ IG(x) = f_t(x) − f_t(x') up to the quadrature error.
+
+  The midpoint rule is the default: a bias-free ReLU net is positively homogeneous, so its gradient is
+  constant along the ray from a zero baseline except at α = 0 itself, where the ReLU masks are all closed;
+  rules that sample α = 0 (left Riemann, trapezoid) are biased there, the midpoint rule is exact.
 
   Args:
     baseline: x' — a scalar or an array broadcastable to ``x`` (e.g. a per-sample boundary point).
@@ -110,7 +114,7 @@ def boundary_saliency(apply_fn: ApplyFn, params, x: jax.Array, target: jax.Array
 
 
 def boundary_integrated_gradients(apply_fn: ApplyFn, params, x: jax.Array, target: jax.Array, *,
-                                  steps: int = 32, method: str = "trapezoid", **search_kwargs
+                                  steps: int = 32, method: str = "riemann_middle", **search_kwargs
                                   ) -> jax.Array:
   """BIG: integrated gradients from the nearest boundary point x' to x (Wang et al., 2022).
 

@@ -9,7 +9,7 @@ adversarial samples next to PGD-L2 (success rate, perturbation L2).
 import functools
 import json
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -19,7 +19,7 @@ import numpy as np
 import bort_jax
 from bort_jax.explain import adversarial
 from bort_jax.explain import attributions
-from bort_jax.explain import backtrack as backtrack_lib
+from bort_jax.explain.backtrack import backtrack as backtrack_fn
 from bort_jax.explain import metrics
 from bort_jax.explain import reconstruction
 
@@ -39,7 +39,7 @@ _input_x_gradient = jax.jit(attributions.input_x_gradient, static_argnums=0)
 _ig = jax.jit(attributions.integrated_gradients, static_argnums=0, static_argnames=("steps", "method"))
 _boundary_search = jax.jit(attributions.boundary_search, static_argnums=(0, 4),
                            static_argnames=("attack_steps", "stop_on_success", "clip"))
-_backtrack = jax.jit(backtrack_lib.backtrack, static_argnums=(0, 3), static_argnames=("by", "head_fn"))
+_backtrack = jax.jit(backtrack_fn, static_argnums=(0, 3), static_argnames=("by", "head_fn"))
 _curve = jax.jit(metrics.perturbation_curve, static_argnums=0, static_argnames=("mode", "steps", "score"))
 _logits = jax.jit(lambda apply_fn, params, x: apply_fn(params, x), static_argnums=0)
 _EPSILONS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
@@ -133,12 +133,15 @@ def evaluate(fns: ModelFns, params, x_test, y_test, x_train, y_train, *, num_gri
 
   f = lambda z, t: np.take_along_axis(_chunked(lambda zz: _logits(fns.apply_fn, params, zz), z), t[:, None], 1)[:, 0]
   ig_name, big_name = f"IG ({ig_steps} steps)", f"BIG ({ig_steps} steps)"
-  gap_ig = f(x, target) - f(np.zeros_like(x), target)
-  gap_big = f(xb, tb) - f(boundary, tb)
+
+  def rel_error(attribution, gap):
+    keep = gap != 0
+    return np.median(np.abs(attribution.reshape(len(gap), -1).sum(1)[keep] - gap[keep]) / np.abs(gap[keep]))
+
+  # A misclassified sample is its own boundary point (f(x) − f(x') = 0): left out of the BIG ratio.
   out["completeness_rel_error"] = {
-      ig_name: float(np.median(np.abs(maps[ig_name].reshape(num_eval, -1).sum(1) - gap_ig) / np.abs(gap_ig))),
-      big_name: float(np.median(np.abs(big_maps[big_name].reshape(num_big, -1).sum(1) - gap_big)
-                                / np.abs(gap_big)))}
+      ig_name: float(rel_error(maps[ig_name], f(x, target) - f(np.zeros_like(x), target))),
+      big_name: float(rel_error(big_maps[big_name], f(xb, tb) - f(boundary, tb)))}
 
   if fns.head_fn is not None:
     out["adversarial"] = adversarial_comparison(fns, params, xb, tb, x_train, y_train)
@@ -215,7 +218,9 @@ def acceptance(summary) -> list[str]:
   return lines
 
 
-def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, figure_name: str | None) -> str:
+def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, figure_name: str | None,
+                   notes: Sequence[str] = ()) -> str:
+  """Markdown report: configuration, figure, one table per metric family, acceptance checks; returns the text."""
   summary = summarize_seeds(results)
   models = list(summary)
   keys_of = lambda prefix: sorted({k.split("/")[1] for m in models for k in summary[m] if k.startswith(prefix)})
@@ -224,7 +229,7 @@ def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, fig
   seeds = sorted({r["seed"] for r in results})
   lines = ["# Explainability on MNIST: SGD vs Bort vs DBort vs B-cos", "",
            f"Mean ± std over seeds {seeds}. Written by `benchmarks/explain_report.py`; configuration:", "",
-           "```", json.dumps(dict(config), sort_keys=True), "```", ""]
+           "```", json.dumps(dict(config), sort_keys=True), "```", ""] + list(notes) + [""]
   if figure_name:
     lines += [f"![inputs, reconstructions and saliency]({figure_name})", ""]
   lines += ["## Models", ""] + _table(summary, ["model", "test accuracy", "orthogonality gap (off-diag RMS)",
@@ -245,8 +250,9 @@ def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, fig
                   ["deletion_insertion/{row}/deletion", "deletion_insertion/{row}/insertion"], 3)
   lines += ["", "## Completeness |Σ attribution − (f(x) − f(x'))| / |f(x) − f(x')| (median) and boundary distance",
             ""]
-  lines += _table(summary, ["model", "IG", "BIG", "mean ‖x − x_boundary‖₂"], [(m, "") for m in models],
-                  [f"completeness_rel_error/{k}" for k in keys_of("completeness_rel_error")] + ["boundary_l2"], 4)
+  completeness = keys_of("completeness_rel_error/")
+  lines += _table(summary, ["model", *completeness, "mean ‖x − x_boundary‖₂"], [(m, "") for m in models],
+                  [f"completeness_rel_error/{k}" for k in completeness] + ["boundary_l2"], 4)
   attacks = keys_of("adversarial/")
   if attacks:
     lines += ["", "## Explainable adversarial samples vs PGD-L2 (target (y+1) mod 10)", ""]
