@@ -42,6 +42,7 @@ from benchmarks import shapes as shapes_lib
 
 MODES = ("l2-full", "l1-fullrow", "l1-full")
 HYPER = dict(learning_rate=0.1, gamma=1e-4, momentum=0.9, weight_decay=1e-4)
+SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,23 +82,27 @@ def reference_flops(views):
 
 
 def sampler(step, carry, *args, steps=1, sync=jax.block_until_ready):
-  """A callable that runs `carry = step(carry, *args)` `steps` times, syncs, and returns seconds per call."""
+  """A callable running `carry = step(carry, *args)` `steps` times, then `sync`; returns (wall, CPU) s per call.
+
+  CPU time is the process's (all threads). Single-threaded, it is the figure least disturbed by other
+  processes on a shared machine; multi-threaded it also counts spin-waiting.
+  """
   cell = [carry]
 
   def sample():
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     value = cell[0]
     for _ in range(steps):
       value = step(value, *args)
     sync(value)
     cell[0] = value
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
   return sample
 
 
 def interleaved_medians(samplers, repeats, warmup):
-  """Median seconds of each sampler, sampled round-robin so that load from other processes hits all alike."""
+  """(wall, CPU) median seconds of each sampler, sampled round-robin so other processes' load hits all alike."""
   for sample in samplers:
     for _ in range(warmup):
       sample()
@@ -105,7 +110,7 @@ def interleaved_medians(samplers, repeats, warmup):
   for _ in range(repeats):
     for record, sample in zip(times, samplers):
       record.append(sample())
-  return [statistics.median(record) for record in times]
+  return [tuple(statistics.median(column) for column in zip(*record)) for record in times]
 
 
 def optimizer_step(tx):
@@ -247,13 +252,13 @@ def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, wa
     for mode, sample in zip(torch_modes, torch_samplers(params, grads, torch_modes, reference_alpha)):
       rows.append(dict(name=f"torch reference {mode}", detail=f"alpha={reference_alpha}",
                        flops=reference_flops(views), sample=sample))
-  seconds = interleaved_medians([row.pop("sample") for row in rows], repeats, warmup)
-  return [dict(row, seconds=t) for row, t in zip(rows, seconds)]
+  medians = interleaved_medians([row.pop("sample") for row in rows], repeats, warmup)
+  return [dict(row, seconds=wall, cpu_seconds=cpu) for row, (wall, cpu) in zip(rows, medians)]
 
 
-def ratio_lines(rows):
-  """The ratios the issue asks for, from `benchmark_tree` rows."""
-  seconds = {r["name"]: r["seconds"] for r in rows}
+def ratio_lines(rows, key="seconds"):
+  """The ratios the issue asks for, from `benchmark_tree` rows, on wall (`seconds`) or `cpu_seconds`."""
+  seconds = {r["name"]: r[key] for r in rows}
   sgd = seconds["optax.sgd"]
   lines = []
   for mode in [r["name"].split()[-1] for r in rows if r["name"].startswith("bort_sgd ") and "every_k" not in r["name"]]:
@@ -266,12 +271,17 @@ def ratio_lines(rows):
 
 
 def format_table(title, rows):
-  """Markdown table of `rows` plus the ratio lines."""
-  lines = [f"### {title}", "", "| row | detail | median ms | GFLOP | GFLOP/s |", "|---|---|---:|---:|---:|"]
+  """Markdown table of `rows` plus the ratio lines (wall time, then CPU time)."""
+  lines = [f"### {title}", "", "| row | detail | wall ms | CPU ms | GFLOP | GFLOP/s (wall) |",
+           "|---|---|---:|---:|---:|---:|"]
   for r in rows:
     rate = f"{r['flops'] / r['seconds'] / 1e9:.1f}" if r["flops"] else ""
-    lines.append(f"| {r['name']} | {r['detail']} | {1e3 * r['seconds']:.1f} | {r['flops'] / 1e9:.2f} | {rate} |")
-  return "\n".join(lines + [""] + [f"- {line}" for line in ratio_lines(rows)] + [""])
+    lines.append(f"| {r['name']} | {r['detail']} | {1e3 * r['seconds']:.1f} | {1e3 * r['cpu_seconds']:.1f} "
+                 f"| {r['flops'] / 1e9:.2f} | {rate} |")
+  lines.append("")
+  lines += [f"- wall: {line}" for line in ratio_lines(rows)]
+  lines += [f"- CPU:  {line}" for line in ratio_lines(rows, "cpu_seconds")]
+  return "\n".join(lines + [""])
 
 
 def machine_description():
@@ -301,11 +311,18 @@ def main(argv=None):
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--no-torch", action="store_true", help="skip the reference-style torch loop")
+  parser.add_argument("--single-thread", action="store_true",
+                      help="one thread for XLA and torch: CPU-time ratios then resist load from other processes")
   args = parser.parse_args(argv)
+  if args.single_thread:  # read when the XLA backend starts, i.e. at the first computation below
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA_FLAGS).strip()
+    if torch_available():
+      import torch
+      torch.set_num_threads(1)
   alpha = args.alpha if args.alpha in ("adaptive", "ada") else float(args.alpha)
   print(machine_description())
   print(f"hyper-parameters: {HYPER}, alpha={alpha}, dtype={args.dtype}, median of {args.repeats} "
-        f"after {args.warmup} warm-up\n")
+        f"after {args.warmup} warm-up, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
   for name in args.models:
     rows = benchmark_tree(shapes_lib.shape_set(name), args.modes, alpha, args.every_k, args.repeats, args.warmup,
                           jnp.dtype(args.dtype), with_torch=False if args.no_torch else None)
