@@ -1,6 +1,5 @@
 """Tests for examples.data: loaders (real npz, embedded subset, mock TFDS), augmentation, batching."""
 
-import os
 import pathlib
 
 import numpy as np
@@ -11,43 +10,33 @@ from examples.data import augment
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
-
-def _data_dir():
-  root = pathlib.Path(os.environ.get("BORT_DATA_DIR") or REPO.parent / "shared" / "data")
-  return root if (root / "mnist.npz").exists() else None
+# `data_dir` is the shared fixture of tests/conftest.py: $BORT_DATA_DIR or ../shared/data, else skip.
 
 
-DATA_DIR = _data_dir()
-needs_data = pytest.mark.skipif(DATA_DIR is None, reason="no mnist.npz in $BORT_DATA_DIR or ../shared/data")
-
-
-@needs_data
 @pytest.mark.parametrize("name, split, shape, first_labels", [
     ("mnist", "train", (60000, 28, 28, 1), [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]),
     ("mnist", "test", (10000, 28, 28, 1), [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]),
     ("fashion_mnist", "train", (60000, 28, 28, 1), [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]),
     ("cifar10", "test", (10000, 32, 32, 3), [0] * 10),  # the local CIFAR-10 test split is sorted by class
 ])
-def test_load_npz(name, split, shape, first_labels):
-  images, labels = data.load_arrays(name, split, DATA_DIR)
+def test_load_npz(name, split, shape, first_labels, data_dir):
+  images, labels = data.load_arrays(name, split, data_dir)
   assert images.shape == shape and images.dtype == np.uint8
   assert labels.shape == shape[:1] and labels.dtype == np.int32
   np.testing.assert_array_equal(labels[:10], first_labels)
   assert labels.min() == 0 and labels.max() == 9
 
 
-@needs_data
-def test_data_dir_defaults_to_env(monkeypatch):
-  monkeypatch.setenv("BORT_DATA_DIR", str(DATA_DIR))
+def test_data_dir_defaults_to_env(monkeypatch, data_dir):
+  monkeypatch.setenv("BORT_DATA_DIR", str(data_dir))
   images, labels = data.load_arrays("mnist", "test", data_dir="")  # "" also means: use the variable
   assert images.shape == (10000, 28, 28, 1) and labels[0] == 7
 
 
-@needs_data
 @pytest.mark.parametrize("name, tolerance", [("mnist", 5e-5), ("fashion_mnist", 5e-5), ("cifar10", 2e-3)])
-def test_normalization_matches_training_set(name, tolerance):
+def test_normalization_matches_training_set(name, tolerance, data_dir):
   """The table's mean/std equal the statistics of the real training pixels (CIFAR copy: JPEG, looser)."""
-  images, _ = data.load_arrays(name, "train", DATA_DIR)
+  images, _ = data.load_arrays(name, "train", data_dir)
   values = np.arange(256) / 255.0
   mean, std = [], []
   for channel in range(images.shape[-1]):  # exact moments from the 256-bin histogram of each channel
@@ -59,9 +48,8 @@ def test_normalization_matches_training_set(name, tolerance):
   np.testing.assert_allclose(std, stats.std, atol=tolerance)
 
 
-@needs_data
-def test_mnist_small_is_a_stratified_subset_of_mnist():
-  full_images, full_labels = data.load_arrays("mnist", "train", DATA_DIR)
+def test_mnist_small_is_a_stratified_subset_of_mnist(data_dir):
+  full_images, full_labels = data.load_arrays("mnist", "train", data_dir)
   with np.load(REPO / "examples" / "assets" / "mnist_small.npz") as subset:
     indices = subset["train_indices"]
   images, labels = data.load_arrays("mnist_small", "train")
