@@ -71,7 +71,7 @@ def run_cell(dataset: str, model: str, optimizer: str, epochs: int, seeds, data,
     test = train.evaluate(eval_step, state, test_images, test_labels, config, mesh)
     gaps = train.gap_metrics(jax.jit(bort_jax.orthogonality_gap)(state.params))
     runs.append({"seed": seed, "test_accuracy": test["accuracy"], "gap": train.mean_gap(gaps),
-                 "seconds": time.time() - start, "settings": _settings(config)})
+                 "seconds": time.time() - start, "epochs": epochs, "settings": _settings(config)})
     print(f"{dataset} {model} {optimizer} seed {seed}: acc {test['accuracy']:.4f} "
           f"gap {runs[-1]['gap']:.4f} ({runs[-1]['seconds']:.0f}s)", flush=True)
   return runs
@@ -89,22 +89,23 @@ def _mean_std(values, scale=1.0, digits=2):
   return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
 
 
-def write_table(path: str, dataset: str, results: dict, epochs: dict, args, seeds, started: float):
+def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds,
+                started: float):
   lines = [f"# {dataset}: test accuracy and orthogonality gap, mean ± std over seeds {list(seeds)}", "",
            "| model | optimizer | epochs | test accuracy (%) | orthogonality gap | per-seed accuracy (%) "
            "| settings |", "|---|---|---|---|---|---|---|"]
   for (model, optimizer), runs in results.items():
     accs = [r["test_accuracy"] for r in runs]
-    lines.append(f"| {model} | {optimizer} | {epochs[model]} | {_mean_std(accs, 100)} | "
+    lines.append(f"| {model} | {optimizer} | {runs[0]['epochs']} | {_mean_std(accs, 100)} | "
                  f"{_mean_std([r['gap'] for r in runs], digits=4)} | "
                  f"{', '.join(f'{100 * a:.2f}' for a in accs)} | {runs[0]['settings']} |")
   lines += ["", "## Exactly what was run", "",
-            f"- Command: `python benchmarks/mnist_table.py {' '.join(args.argv)}`",
+            *(f"- Command: `python benchmarks/mnist_table.py {c}`" for c in commands),
             f"- Data: `{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
             f", full test split; no augmentation; batch size {args.batch_size}; "
             "cosine learning-rate decay to 0 after a linear warmup of min(0.5, epochs/4) epochs.",
-            f"- Models: `mlp` (784-256-256-10, ReLU) and `lenet5`, with biases, float32; "
-            f"epochs per model: {epochs}.",
+            "- Models: `mlp` (784-256-256-10, ReLU) and `lenet5`, with biases, float32; epochs as in the "
+            "table.",
             "- Optimizers: the recipes of `examples/configs/mnist_lenet.py` (settings column, after "
             f"overrides {args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; "
             "Bort corrects every conv/dense kernel (not biases)."]
@@ -112,10 +113,24 @@ def write_table(path: str, dataset: str, results: dict, epochs: dict, args, seed
             "off-diagonal of G/mean diag G, G the Gram of the constrained side of each kernel), averaged "
             "over the constrained layers, after the last epoch.",
             f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; wall time "
-            f"{(time.time() - started) / 60:.1f} min for the cells above."]
+            f"{(time.time() - started) / 60:.1f} min for the cells of the last command; seconds per run "
+            "in the .json beside this file."]
   pathlib.Path(path).write_text("\n".join(lines) + "\n")
   with open(pathlib.Path(path).with_suffix(".json"), "w") as f:
-    json.dump({f"{m}/{o}": runs for (m, o), runs in results.items()}, f, indent=1)
+    json.dump({"commands": commands,
+               "runs": {f"{m}/{o}": runs for (m, o), runs in results.items()}}, f, indent=1)
+
+
+def _load_previous(path: str, epochs: dict) -> tuple[dict, list[str]]:
+  """Cells and commands of an earlier invocation (for --merge); runs lacking "epochs" take `epochs`."""
+  saved = json.loads(pathlib.Path(path).with_suffix(".json").read_text())
+  if "runs" not in saved:  # first format: the runs mapping alone
+    saved = {"commands": [], "runs": saved}
+  results = {}
+  for key, runs in saved["runs"].items():
+    model, optimizer = key.split("/")
+    results[(model, optimizer)] = [dict(r, epochs=r.get("epochs", epochs[model])) for r in runs]
+  return results, saved["commands"]
 
 
 def main():
@@ -131,22 +146,25 @@ def main():
   parser.add_argument("--train-limit", type=int, default=0, help="Keep the first N training images.")
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
   parser.add_argument("--optimizers", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+  parser.add_argument("--merge", action="store_true",
+                      help="Keep the cells of an earlier run in --out (its .json) that this run does not redo.")
   parser.add_argument("--set", nargs="*", default=[],
                       help="Config overrides FIELD=VALUE or OPTIMIZER.FIELD=VALUE, e.g. bort_sgd.gamma=0.1.")
   args = parser.parse_args()
-  args.argv = sys.argv[1:]
+  command = " ".join(sys.argv[1:])
   started = time.time()
   mesh = sharding.make_mesh()
   data = tuple(data_lib.load_arrays(args.dataset, split, args.data_dir) for split in ("train", "test"))
   if args.train_limit:
     data = ((data[0][0][:args.train_limit], data[0][1][:args.train_limit]), data[1])
   epochs = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
-  results = {}
+  results, commands = _load_previous(args.out, epochs) if args.merge else ({}, [])
+  commands.append(command)
   for model in args.models:
     for optimizer in args.optimizers:
       results[(model, optimizer)] = run_cell(args.dataset, model, optimizer, epochs[model], args.seeds,
                                              data, mesh, args)
-      write_table(args.out, args.dataset, results, epochs, args, args.seeds, started)
+      write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
 
 
 if __name__ == "__main__":
