@@ -209,13 +209,13 @@ def main(argv=None):
             flush=True)
       results.append({"model": kind, "seed": seed, "metrics": metrics})
       first_seed.setdefault(kind, (fns, params))
-  (out / "explain_mnist.json").write_text(json.dumps(results, indent=1))
   order = np.argsort(y_test[:200], kind="stable")
   pick = [order[np.searchsorted(y_test[:200][order], c)] for c in range(0, 10, 2)]
   panels = report.figure_panels(first_seed, x_test[pick], y_test[pick], depth="fc2")
   report.write_figure(panels, out / "explain_mnist.png")
   config = vars(args) | {"total_seconds": round(time.time() - start), "backend": jax.default_backend()}
   config.pop("out"), config.pop("data_dir")
+  (out / "explain_mnist.json").write_text(json.dumps({"config": config, "results": results}, indent=1))
   print(report.write_markdown(results, out / "explain_mnist.md", config, "explain_mnist.png", NOTES))
 
 

@@ -223,12 +223,14 @@ def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, fig
   """Markdown report: configuration, figure, one table per metric family, acceptance checks; returns the text."""
   summary = summarize_seeds(results)
   models = list(summary)
-  keys_of = lambda prefix: sorted({k.split("/")[1] for m in models for k in summary[m] if k.startswith(prefix)})
+  keys_of = lambda prefix: sorted({k[len(prefix):].split("/")[0] for m in models for k in summary[m]
+                                   if k.startswith(prefix)})
   methods = keys_of("pointing_game/2x2/")
   depths = keys_of("reconstruction/")
   seeds = sorted({r["seed"] for r in results})
   lines = ["# Explainability on MNIST: SGD vs Bort vs DBort vs B-cos", "",
-           f"Mean ± std over seeds {seeds}. Written by `benchmarks/explain_report.py`; configuration:", "",
+           f"Mean ± std over seeds {seeds} (per-seed numbers in `{path.with_suffix('.json').name}`). Written by "
+           "`benchmarks/explain_report.py`; configuration:", "",
            "```", json.dumps(dict(config), sort_keys=True), "```", ""] + list(notes) + [""]
   if figure_name:
     lines += [f"![inputs, reconstructions and saliency]({figure_name})", ""]
