@@ -119,8 +119,7 @@ def evaluate(fns: ModelFns, params, x_test, y_test, x_train, y_train, *, num_gri
   x, target = x_test[:num_eval], y_test[:num_eval]
   maps = {name: _chunked(method, x, target) for name, method in methods.items()}
   xb, tb = x[:num_big], target[:num_big]
-  search = dict(attack_steps=10)
-  boundary = _chunked(lambda xx, tt: _boundary_search(fns.apply_fn, params, xx, tt, _EPSILONS, **search)[0],
+  boundary = _chunked(lambda xx, tt: _boundary_search(fns.apply_fn, params, xx, tt, _EPSILONS, attack_steps=10)[0],
                       xb, tb)
   big_maps = {
       "BSM": _chunked(lambda xx, bb, tt: _gradient(fns.apply_fn, params, bb, tt), xb, boundary, tb),
@@ -131,7 +130,9 @@ def evaluate(fns: ModelFns, params, x_test, y_test, x_train, y_train, *, num_gri
   out["deletion_insertion"].update(deletion_insertion(fns, params, big_maps, xb, tb))
   out["boundary_l2"] = float(np.linalg.norm((boundary - xb).reshape(num_big, -1), axis=1).mean())
 
-  f = lambda z, t: np.take_along_axis(_chunked(lambda zz: _logits(fns.apply_fn, params, zz), z), t[:, None], 1)[:, 0]
+  def f(z, t):
+    return np.take_along_axis(_chunked(lambda zz: _logits(fns.apply_fn, params, zz), z), t[:, None], 1)[:, 0]
+
   ig_name, big_name = f"IG ({ig_steps} steps)", f"BIG ({ig_steps} steps)"
 
   def rel_error(attribution, gap):
@@ -250,8 +251,7 @@ def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, fig
   lines += _table(summary, ["model", "method", "deletion ↓", "insertion ↑"],
                   [(m, a) for m in models for a in all_methods],
                   ["deletion_insertion/{row}/deletion", "deletion_insertion/{row}/insertion"], 3)
-  lines += ["", "## Completeness |Σ attribution − (f(x) − f(x'))| / |f(x) − f(x')| (median) and boundary distance",
-            ""]
+  lines += ["", "## Completeness |Σ a − (f(x) − f(x'))| / |f(x) − f(x')| (median) and boundary distance", ""]
   completeness = keys_of("completeness_rel_error/")
   lines += _table(summary, ["model", *completeness, "mean ‖x − x_boundary‖₂"], [(m, "") for m in models],
                   [f"completeness_rel_error/{k}" for k in completeness] + ["boundary_l2"], 4)
@@ -273,7 +273,8 @@ def figure_panels(models: Mapping[str, tuple[ModelFns, Any]], x, label, depth: s
   saliency = {}
   for name, (fns, params) in models.items():
     if depth in fns.features_fns:
-      scale = reconstruction.depth_scales(list(fns.kernels_fn(params).values()))[list(fns.features_fns).index(depth)]
+      scales = reconstruction.depth_scales(list(fns.kernels_fn(params).values()))
+      scale = scales[list(fns.features_fns).index(depth)]
       panels[f"{name} x̂ ({depth})"] = np.asarray(
           reconstruction.reconstruct(fns.features_fns[depth], params, jnp.asarray(x), scale)[..., 0])
     methods = attribution_methods(fns, params)
@@ -284,7 +285,7 @@ def figure_panels(models: Mapping[str, tuple[ModelFns, Any]], x, label, depth: s
 
 def write_figure(panels: Mapping[str, np.ndarray], path: pathlib.Path) -> None:
   """Grid of images (rows: samples, columns: panels); saliency in a symmetric blue-white-red map."""
-  import matplotlib
+  import matplotlib    # imported here: matplotlib is only in the examples/test extras, not in `flax`
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   rows, cols = len(panels["input"]), len(panels)
