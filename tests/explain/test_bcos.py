@@ -58,10 +58,11 @@ def test_contributions_sum_to_the_logit(net):
   model = bcos.BcosMLP(2 * 64, (16, 8), num_classes=3, rngs=nnx.Rngs(3)) if net == "mlp" else _ConvNet(nnx.Rngs(3))
   apply_fn, linear_fn, params = bcos.bcos_apply_fns(model)
   x = jnp.asarray(np.random.default_rng(4).uniform(size=(4, 8, 8, 1)), jnp.float32)
-  logits = apply_fn(params, x)
+  logits = jax.jit(apply_fn)(params, x)
+  contributions_fn = jax.jit(bcos.bcos_contributions, static_argnums=0)
   for target in range(3):
     labels = jnp.full((4,), target)
-    contributions = bcos.bcos_contributions(linear_fn, params, x, labels)
+    contributions = contributions_fn(linear_fn, params, x, labels)
     assert contributions.shape == (4, 8, 8, 2)
     np.testing.assert_allclose(contributions.sum(axis=(1, 2, 3)), logits[:, target], rtol=1e-4, atol=1e-5)
 
