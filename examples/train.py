@@ -8,7 +8,6 @@ counter, data position = step) lives in that one pytree, checkpointed with Orbax
 """
 
 import dataclasses
-import functools
 import inspect
 import os
 import time
@@ -231,6 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   state = sharding.replicate(state, mesh)
   train_step = make_train_step(graphs, tx, config, steps_per_epoch)
   eval_step = make_eval_step(graphs, config)
+  gap_fn = jax.jit(bort_jax.orthogonality_gap)
 
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             every_steps=config.checkpoint_every_steps,
@@ -263,10 +263,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     bar.close()
     if not completed:
       break
-    train, test = _epoch_summary(state.epoch_metrics), evaluate(eval_step, state, test_images, test_labels,
-                                                          config, mesh)
-    checkpointer.save(step, state)
-    gaps = bort_jax.orthogonality_gap(state.params)
+    train = _epoch_summary(state.epoch_metrics)
+    test = evaluate(eval_step, state, test_images, test_labels, config, mesh)
+    gaps = gap_fn(state.params)
     record = {"epoch": epoch + 1, "step": step, "learning_rate": float(lr_schedule(step - 1)),
               "train_loss": train["loss"], "train_accuracy": train["accuracy"],
               "test_loss": test["loss"], "test_accuracy": test["accuracy"],
@@ -278,6 +277,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       print(f"epoch {epoch + 1}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
             f"test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | {bort_jax.gap_summary(gaps)}",
             flush=True)
+    # After the record: a crash in between resumes from an older step and rewrites the record.
+    checkpointer.save(step, state)
   checkpointer.close()  # the last epoch's checkpoint is the final one; a stopped run saves nothing more.
 
   results = {"completed": completed, "step": step, "epochs": config.num_epochs, "model": config.model,
