@@ -219,7 +219,7 @@ def torch_samplers(params, grads, modes, alpha):
 
 def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, warmup=2,
                    dtype=jnp.float32, with_torch=None):
-  """Times every row on `shape_tree`, samples interleaved; returns a list of dicts (name, detail, flops, seconds).
+  """Times every row on `shape_tree`, samples interleaved; returns dicts (name, detail, flops, seconds, cpu_seconds).
 
   Args:
     shape_tree: pytree of `jax.ShapeDtypeStruct` (see `benchmarks/shapes.py`).

@@ -34,11 +34,12 @@ def test_only_kernels_are_constrained():
   params = jax.tree.map(lambda s: jnp.zeros(s.shape), shapes.shape_set("vit_b16"))
   for path, selected in jax.tree_util.tree_leaves_with_path(bort_jax.kernel_mask(params)):
     assert selected == path[-1].key.endswith("kernel"), jax.tree_util.keystr(path)
-  views = {v.path: v for v in update_speed.matrix_views(params)}
-  assert (views["encoder/block0/attention/query/kernel"].fan_in, views["encoder/block0/attention/query/kernel"].out) == (768, 768)
-  assert (views["encoder/block0/attention/out/kernel"].fan_in, views["encoder/block0/attention/out/kernel"].out) == (768, 768)
-  assert (views["patch_embed/kernel"].fan_in, views["patch_embed/kernel"].out) == (16 * 16 * 3, 768)
-  assert len(views) == 1 + 12 * 6 + 1
+  views = {v.path: (v.batch, v.fan_in, v.out) for v in update_speed.matrix_views(params)}
+  assert views["encoder/block0/attention/query/kernel"] == (1, 768, 768)  # (embed, heads·head_dim)
+  assert views["encoder/block0/attention/out/kernel"] == (1, 768, 768)  # (heads·head_dim, embed)
+  assert views["encoder/block0/mlp/fc1/kernel"] == (1, 768, 3072)
+  assert views["patch_embed/kernel"] == (1, 16 * 16 * 3, 768)
+  assert len(views) == 1 + 12 * 6 + 1  # patch embedding, 4 attention + 2 MLP kernels per block, head
 
 
 def test_resnet50_kernel_shapes():
