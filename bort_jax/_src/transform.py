@@ -63,8 +63,14 @@ def plan_kernels(params, mask=None, rules=None, layout="flax", views=None, shrin
   return plan, treedef
 
 
-def kernel_corrections(params, plan, alpha, mode, shrink_factor=None, group_same_shape=True):
-  """Δ for each planned leaf, in kernel shape; same-shape matrices are stacked into one batched matmul."""
+def kernel_corrections(params, plan, alpha, mode, shrink_factor=None, group_same_shape=None):
+  """Δ for each planned leaf, in kernel shape; same-shape matrices may be stacked into one batched matmul.
+
+  ``group_same_shape=None`` groups on accelerators (fewer kernel launches) but not on CPU, where the
+  stacking copies cost more than they save (measured 8–16% slower for ResNet-50 shapes).
+  """
+  if group_same_shape is None:
+    group_same_shape = jax.default_backend() != "cpu"
   matrices = []
   leaves = jax.tree_util.tree_leaves(params)
   for item in plan:
@@ -97,7 +103,7 @@ def bort_correction_transform(
     layout: str = "flax",
     views: Optional[views_lib.ViewRules] = None,
     every_k: int = 1,
-    group_same_shape: bool = True,
+    group_same_shape: Optional[bool] = None,
     decoupled_decay: Optional[optax.ScalarOrSchedule] = None,
     decoupled_decay_mask: masking.Mask = None,
 ) -> optax.GradientTransformation:
@@ -159,7 +165,7 @@ def add_bort_correction(
     layout: str = "flax",
     views: Optional[views_lib.ViewRules] = None,
     every_k: int = 1,
-    group_same_shape: bool = True,
+    group_same_shape: Optional[bool] = None,
 ) -> optax.GradientTransformation:
   """Adds the Bort correction γ·Δ(params) of every constrained kernel to the updates.
 
@@ -183,7 +189,7 @@ def add_bort_correction(
       stacked layers ``KernelView(in_axes=(1,), out_axes=(2,), batch_axes=(0,))``.
     every_k: compute the correction every k steps with weight γ·k (cheaper; the constraint is then enforced
       in bursts, which is fine while lr·γ·k·‖Δ‖ stays small).
-    group_same_shape: stack same-shape kernels into one batched matmul.
+    group_same_shape: stack same-shape kernels into one batched matmul; ``None``: on accelerators only.
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` requires ``params``.
