@@ -50,14 +50,18 @@ def check_mode(mode: str) -> str:
   return mode
 
 
+def is_number(value) -> bool:
+  """A Python or array number (possibly traced under ``inject_hyperparams``); booleans are not numbers."""
+  return not isinstance(value, bool) and (isinstance(value, (int, float)) or hasattr(value, "dtype"))
+
+
 def check_alpha(alpha: Amplitude) -> Amplitude:
   """Validates a fixed amplitude (positive number, possibly traced) or an adaptive one."""
   if isinstance(alpha, str):
     if alpha not in ADAPTIVE:
       raise ValueError(f"alpha must be a positive number or one of {ADAPTIVE}, got {alpha!r}.")
     return alpha
-  numeric = isinstance(alpha, (int, float)) or hasattr(alpha, "dtype")
-  if isinstance(alpha, bool) or not numeric:
+  if not is_number(alpha):
     raise ValueError(f"alpha must be a positive number or one of {ADAPTIVE}, got {alpha!r}.")
   if isinstance(alpha, (int, float)) and not alpha > 0:
     raise ValueError(f"alpha must be a positive number or one of {ADAPTIVE}, got {alpha!r}.")

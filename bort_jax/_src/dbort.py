@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from bort_jax._src import correction
 from bort_jax._src import views as views_lib
 
 
@@ -36,8 +37,7 @@ class LayerIO(NamedTuple):
 
 def _check_lam_beta(lam, beta):
   for name, value in (("lam", lam), ("beta", beta)):
-    numeric = isinstance(value, (int, float)) or hasattr(value, "dtype")
-    if isinstance(value, bool) or not numeric or (isinstance(value, (int, float)) and value <= 0):
+    if not correction.is_number(value) or (isinstance(value, (int, float)) and value <= 0):
       raise ValueError(f"{name} must be a positive number, got {value!r}.")
 
 

@@ -37,15 +37,13 @@ def matrix_gap(m: jax.Array, alpha: Union[float, str] = "adaptive", side: str = 
   x = m.astype(jnp.float32)
   if side == "auto":
     side = "col" if correction.is_tall(x) else "row"
-  xt = jnp.swapaxes(x, -1, -2)
-  gram = xt @ x if side == "row" else x @ xt
+  gram = correction.gram(x, side)
   units = gram.shape[-1]
   diagonal = jnp.diagonal(gram, axis1=-2, axis2=-1)
+  correction.check_alpha(alpha)
   if isinstance(alpha, str):
-    correction.check_alpha(alpha)
     a = jnp.mean(diagonal, axis=-1)
   else:
-    correction.check_alpha(alpha)
     a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), diagonal.shape[:-1])
   a = jnp.maximum(a, jnp.finfo(jnp.float32).tiny)
   normalized = gram / a[..., None, None]
@@ -72,12 +70,8 @@ def orthogonality_gap(
   """
   views_lib.check_layout(layout)
   plan, treedef = transform.plan_kernels(params, mask, None, layout, views)
-  leaves_with_path, _ = jax.tree_util.tree_flatten_with_path(params)
-  gaps = {}
-  for item in plan:
-    path, leaf = leaves_with_path[item.index]
-    gaps[views_lib.path_str(path)] = matrix_gap(views_lib.to_matrix(leaf, item.view), alpha, side)
-  return gaps
+  leaves = treedef.flatten_up_to(params)
+  return {item.path: matrix_gap(views_lib.to_matrix(leaves[item.index], item.view), alpha, side) for item in plan}
 
 
 def gap_summary(gaps: Dict[str, GapStats]) -> str:

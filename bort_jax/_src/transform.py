@@ -20,24 +20,23 @@ class BortCorrectionState(NamedTuple):
 def _check_nonnegative(name: str, value: Any) -> None:
   if callable(value):
     return
-  numeric = isinstance(value, (int, float)) or hasattr(value, "dtype")
-  if isinstance(value, bool) or not numeric:
+  if not correction.is_number(value):
     raise ValueError(f"{name} must be a non-negative number or an optax schedule, got {value!r}.")
   if isinstance(value, (int, float)) and value < 0:
     raise ValueError(f"{name} must be a non-negative number or an optax schedule, got {value!r}.")
 
 
 def _check_every_k(every_k: Any) -> None:
-  if isinstance(every_k, bool) or (isinstance(every_k, (int, float)) and (every_k < 1 or every_k != int(every_k))):
-    raise ValueError(f"every_k must be a positive integer, got {every_k!r}.")
-  if not isinstance(every_k, (int, float)) and not hasattr(every_k, "dtype"):
+  python_value = isinstance(every_k, (int, float))
+  if not correction.is_number(every_k) or (python_value and (every_k < 1 or every_k != int(every_k))):
     raise ValueError(f"every_k must be a positive integer, got {every_k!r}.")
 
 
 class KernelPlan(NamedTuple):
-  """What to do with one leaf: its index in the flat params, view and per-layer gamma scale."""
+  """What to do with one leaf: its index in the flat params, path, view and per-layer gamma scale."""
 
   index: int
+  path: str
   view: views_lib.KernelView
   scale: float
   shrink: bool
@@ -59,7 +58,7 @@ def plan_kernels(params, mask=None, rules=None, layout="flax", views=None, shrin
     scale = masking.rule_scale(path_string, rules)
     view = views_lib.resolve_view(path_string, names, jnp.ndim(leaf), layout, views)
     if scale > 0 and view is not None:
-      plan.append(KernelPlan(index, view, scale, bool(shrink)))
+      plan.append(KernelPlan(index, path_string, view, scale, bool(shrink)))
   return plan, treedef
 
 
