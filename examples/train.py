@@ -105,6 +105,13 @@ def normalize_images(images: jax.Array, stats: data_lib.Normalization, dtype=jnp
   return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
 
 
+def forward(model: nnx.Module, images: jax.Array, config: ml_collections.ConfigDict):
+  """Returns (logits, sown layer outputs); models built for DBort sow, and sowing needs `nnx.capture`."""
+  if config.dbort_lambda > 0:
+    return nnx.capture(model, nnx.Intermediate)(images)
+  return model(images), None
+
+
 def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Returns jit(train_step)(state, batch) -> (state, batch metrics); the input state is donated.
@@ -120,11 +127,10 @@ def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
 
     def loss_fn(params):
       model = nnx.merge(graphs.train, params, state.model_state)
-      logits = model(images)
+      logits, outputs = forward(model, images, config)
       task_loss = jnp.mean(cross_entropy(logits, batch["label"], config.label_smoothing))
       loss = task_loss
       if config.dbort_lambda > 0:
-        outputs = nnx.pop(model, nnx.Intermediate)
         loss = loss + bort_jax.dbort_loss(outputs, config.dbort_lambda, config.dbort_beta)
       model_state = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
       return loss, (logits, task_loss, model_state)
@@ -152,7 +158,8 @@ def make_eval_step(graphs: ModelGraphs, config: ml_collections.ConfigDict):
 
   def eval_step(params, model_state, batch):
     model = nnx.merge(graphs.eval, params, model_state)
-    logits = model(normalize_images(batch["image"], data_lib.normalization(config.dataset), dtype))
+    logits, _ = forward(model, normalize_images(batch["image"], data_lib.normalization(config.dataset), dtype),
+                        config)
     mask = batch["mask"].astype(jnp.float32)
     return {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),

@@ -3,8 +3,8 @@
 Both can record every layer's pre-activation y = x M (+ b) with ``capture=True``: the value is sown as
 ``nnx.Intermediate`` named ``preact`` inside the layer that produced it, so its path sits next to the
 layer's ``kernel`` (e.g. ``layers/0/preact`` beside ``layers/0/kernel``). DBort's data-aware term and the
-explainability suite read them with ``logits, sown = nnx.capture(model, nnx.Intermediate)(x)``; a plain call
-followed by ``nnx.pop(model, nnx.Intermediate)`` also works (flax 0.12 warns that it is deprecated).
+explainability suite read them with ``logits, sown = nnx.capture(model, nnx.Intermediate)(x)`` (flax 0.12
+deprecates sowing outside ``nnx.capture``).
 """
 
 from collections.abc import Sequence
