@@ -6,6 +6,7 @@ Each error names the offending field and the accepted values, e.g.
 
 from collections.abc import Callable, Iterable
 import numbers
+import re
 
 import ml_collections
 
@@ -31,6 +32,21 @@ def _number(config, field: str, ok: Callable[[float], bool], accepted: str, inte
   kind = numbers.Integral if integer else numbers.Real
   if isinstance(value, bool) or not isinstance(value, kind) or not ok(value):
     _fail(field, value, accepted)
+
+
+def _check_rules(config, field: str):
+  accepted = "a sequence of (regex, scale >= 0) pairs, e.g. (('fc3/kernel', 0.0),)"
+  rules = config[field]
+  if isinstance(rules, str) or not isinstance(rules, (tuple, list)):
+    _fail(field, rules, accepted)
+  for rule in rules:
+    if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str)
+        or isinstance(rule[1], bool) or not isinstance(rule[1], numbers.Real) or rule[1] < 0):
+      _fail(field, rules, accepted)
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      _fail(field, rules, f"{accepted} with valid regexes ({rule[0]!r}: {e})")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[str],
@@ -80,6 +96,7 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
           integer=True)
   _number(config, "keep_checkpoints", positive, "an int > 0", integer=True)
   _number(config, "stop_after_steps", non_negative, "an int >= 0 (0: never)", integer=True)
+  _check_rules(config, "bort_rules")
   if config.warmup_epochs >= config.num_epochs:
     _fail("warmup_epochs", config.warmup_epochs, f"a float < num_epochs={config.num_epochs}")
   if config.nesterov and config.momentum == 0:

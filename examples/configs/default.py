@@ -47,6 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.alpha = 1.0
   c.adaptive_alpha = False  # True: alpha = (mean row norm)^2, computed in-graph.
   c.bort_mode = "l2-full"
+  # Per-kernel gamma scales, big_vision style: ((regex on the kernel path, scale), ...), first full match
+  # wins, unmatched kernels keep scale 1; e.g. (("fc3/kernel", 0.0),) leaves LeNet-5's classifier free.
+  c.bort_rules = ()
 
   # DBort data-aware term -lambda * mean(y^2)^beta over the model's sown layer outputs (0 disables).
   c.dbort_lambda = 0.0

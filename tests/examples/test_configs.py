@@ -4,8 +4,12 @@ import importlib
 import pathlib
 import re
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
+from examples import optimizers
 from examples import train
 from examples.configs import default
 
@@ -64,6 +68,9 @@ BAD_VALUES = [
     ("keep_checkpoints", 0, "an int > 0"),
     ("checkpoint_every_steps", -5, "an int >= 0"),
     ("dbort_beta", 0.0, "a float > 0"),
+    ("bort_rules", (("fc3/kernel", -1.0),), "a sequence of (regex, scale >= 0) pairs"),
+    ("bort_rules", (("fc3/kernel",),), "a sequence of (regex, scale >= 0) pairs"),
+    ("bort_rules", (("fc[3", 0.0),), "with valid regexes"),
 ]
 
 
@@ -74,6 +81,23 @@ def test_bad_value_names_field_and_accepted_values(field, value, accepted):
   with pytest.raises(ValueError, match=re.escape(f"config.{field}={value!r} is not accepted") +
                      ".*" + re.escape(accepted)):
     train.validate(config)
+
+
+def test_bort_rules_scale_the_correction_per_kernel():
+  """A (regex, 0) rule leaves that kernel's update exactly SGD's; the other kernels keep their correction."""
+  config = _module("mnist_lenet").get_config("bort_sgd")
+  config.bort_rules = (("fc3/kernel", 0.0),)
+  config.learning_rate, config.warmup_epochs = 0.1, 0.0
+  bort_tx, _ = optimizers.create_optimizer(config, 10)
+  config.optimizer = "sgd"
+  sgd_tx, _ = optimizers.create_optimizer(config, 10)
+  state, _ = train.create_train_state(train.create_model(config, 10), sgd_tx)
+  grads = jax.tree.map(jnp.ones_like, state.params)
+  update = lambda tx: tx.update(grads, tx.init(state.params), state.params)[0]
+  bort, sgd = update(bort_tx), update(sgd_tx)
+  np.testing.assert_allclose(bort["fc3"]["kernel"], sgd["fc3"]["kernel"], rtol=1e-6)
+  np.testing.assert_allclose(bort["fc3"]["bias"], sgd["fc3"]["bias"], rtol=1e-6)
+  assert not np.allclose(bort["fc2"]["kernel"], sgd["fc2"]["kernel"], rtol=1e-4)
 
 
 def test_cross_field_checks():
