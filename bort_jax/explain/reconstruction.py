@@ -29,7 +29,9 @@ def kernel_alpha(kernel: jax.Array) -> jax.Array:
       ``M = kernel.reshape(-1, out)`` (columns are output units).
 
   Returns:
-    scalar ``α = mean_j ||M[:, j]||²``; for ``M Mᵀ = α I`` or ``Mᵀ M = α I`` this is the exact α.
+    scalar ``α = mean_j ||M[:, j]||²``: the exact α of ``Mᵀ M = α I`` (orthogonal units, fan_in ≥ out). For
+    a tall kernel (fan_in < out) with ``M Mᵀ = α I`` it is ``α · fan_in / out``, which is the exact inverse
+    scale of ReLU layers built as ``[Q, −Q]`` (half the units pass each sign) and an estimate otherwise.
   """
   if kernel.ndim < 2:
     raise ValueError(f"kernel must have ndim >= 2 (Dense (in, out) or Conv (..., in, out)), got shape {kernel.shape}")
@@ -119,12 +121,25 @@ def reconstruction_by_depth(
     peak: the data range of ``x``.
 
   Returns:
-    depth name -> ``{"mse": scalar, "psnr": scalar}``, means over the batch.
+    depth name -> ``{"mse", "psnr", "psnr_fitted"}`` scalars, means over the batch; ``psnr_fitted`` is the PSNR of
+    ``c x̂`` with the least-squares scalar ``c = <x̂, x> / <x̂, x̂>`` per image: it scores the structure of the
+    reconstruction apart from the 1/∏α calibration (which is exact for orthogonal dense layers but not for
+    convolutions whose patches overlap).
   """
   if set(features_fns) != set(scales):
     raise ValueError(f"scales must have the keys of features_fns {sorted(features_fns)}, got {sorted(scales)}")
   results = {}
   for name, features_fn in features_fns.items():
-    mse, psnr = reconstruction_errors(x, reconstruct(features_fn, params, x, scales[name]), peak)
-    results[name] = {"mse": jnp.mean(mse), "psnr": jnp.mean(psnr)}
+    x_hat = reconstruct(features_fn, params, x, scales[name])
+    mse, psnr = reconstruction_errors(x, x_hat, peak)
+    _, psnr_fitted = reconstruction_errors(x, fitted_scale(x, x_hat) * x_hat, peak)
+    results[name] = {"mse": jnp.mean(mse), "psnr": jnp.mean(psnr), "psnr_fitted": jnp.mean(psnr_fitted)}
   return results
+
+
+def fitted_scale(x: jax.Array, x_hat: jax.Array) -> jax.Array:
+  """Per-image least-squares scalar ``c = <x̂, x> / <x̂, x̂>`` (0 for a zero x̂), broadcastable against ``x``."""
+  flat_x, flat_hat = x.reshape(x.shape[0], -1), x_hat.reshape(x.shape[0], -1)
+  energy = jnp.sum(flat_hat * flat_hat, axis=1)
+  c = jnp.where(energy > 0, jnp.sum(flat_hat * flat_x, axis=1) / jnp.where(energy > 0, energy, 1.0), 0.0)
+  return c.reshape((-1,) + (1,) * (x.ndim - 1))

@@ -157,6 +157,27 @@ def test_reconstruction_errors_match_numpy():
     explain.reconstruction_by_depth({"a": _linear_features(1)}, [np.eye(9)], jnp.asarray(x), {"b": 1.0})
 
 
+def test_fitted_psnr_scores_a_scaled_reconstruction_by_its_structure():
+  rng = np.random.default_rng(8)
+  x = rng.uniform(size=(5, 9)).astype(np.float32)
+  noise = 0.05 * rng.normal(size=x.shape).astype(np.float32)
+  scale = np.array([3.0, 0.5, 1.0, 10.0, 0.1], np.float32)[:, None]
+  x_hat = scale * (x + noise)               # right structure, wrong per-image scale
+  # NumPy: least-squares scalar per image, then PSNR.
+  c = (x_hat * x).sum(1, keepdims=True) / (x_hat * x_hat).sum(1, keepdims=True)
+  want = 10 * np.log10(1.0 / ((c * x_hat - x) ** 2).mean(1))
+  # Features z ↦ 2z with scale 1 give x̂ = 4x: a poor raw PSNR, an exact fitted one.
+  got = explain.reconstruction_by_depth({"d": lambda p, z: z @ p}, 2 * np.eye(9, dtype=np.float32),
+                                        jnp.asarray(x), {"d": 1.0})["d"]
+  assert got["psnr"] < 0 and got["psnr_fitted"] > 100
+  fitted = explain.reconstruction.fitted_scale(jnp.asarray(x), jnp.asarray(x_hat))
+  np.testing.assert_allclose(fitted, c, rtol=1e-5)
+  _, psnr = explain.reconstruction_errors(jnp.asarray(x), fitted * x_hat)
+  np.testing.assert_allclose(psnr, want, rtol=1e-5)
+  assert psnr.mean() > explain.reconstruction_errors(jnp.asarray(x), jnp.asarray(x_hat))[1].mean() + 10
+  np.testing.assert_array_equal(explain.reconstruction.fitted_scale(jnp.asarray(x), jnp.zeros_like(x)), 0.0)
+
+
 def test_orthogonal_kernels_reconstruct_real_digits_better_than_gaussian_ones():
   # Same random ReLU MLP before and after replacing every kernel by its orthogonal polar factor (Bort's target).
   digits = np.load(pathlib.Path(__file__).parents[2] / "examples" / "assets" / "mnist_small.npz")["x_test"][:64]
