@@ -21,6 +21,7 @@ from bort_jax.explain.backtrack import backtrack
 from bort_jax.explain.backtrack import top_k_mask
 from bort_jax.explain.bcos import BcosConv
 from bort_jax.explain.bcos import BcosDense
+from bort_jax.explain.bcos import BcosCNN
 from bort_jax.explain.bcos import BcosMLP
 from bort_jax.explain.bcos import bcos_apply_fns
 from bort_jax.explain.bcos import bcos_contributions

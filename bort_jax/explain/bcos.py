@@ -99,6 +99,32 @@ class BcosMLP(nnx.Module):
     return self.logit_scale * h
 
 
+class BcosCNN(nnx.Module):
+  """Small fully convolutional B-cos network: 3×3 B-cos convolutions → 1×1 B-cos convolution to the classes →
+  global average pooling → × ``logit_scale``.
+
+  Average pooling is linear, so the network stays dynamic linear; being fully convolutional it reads images
+  of any size, e.g. the grids of the pointing game.
+  """
+
+  def __init__(self, in_features: int = 2, channels: Sequence[int] = (32, 64, 64),
+               strides: Sequence[int] = (1, 2, 2), num_classes: int = 10, *, b: float = 2.0,
+               logit_scale: float = 10.0, rngs: nnx.Rngs):
+    if len(channels) != len(strides):
+      raise ValueError(f"channels and strides must have equal lengths, got {len(channels)} and {len(strides)}")
+    sizes = (in_features, *channels)
+    self.convs = nnx.List([BcosConv(i, o, strides=s, b=b, rngs=rngs)
+                           for i, o, s in zip(sizes[:-1], sizes[1:], strides)])
+    self.head = BcosConv(sizes[-1], num_classes, (1, 1), b=b, rngs=rngs)
+    self.logit_scale = logit_scale
+
+  def __call__(self, encoded: jax.Array, *, detach: bool = False) -> jax.Array:
+    h = encoded
+    for conv in self.convs:
+      h = conv(h, detach=detach)
+    return self.logit_scale * jnp.mean(self.head(h, detach=detach), axis=(1, 2))
+
+
 def bcos_apply_fns(model: nnx.Module):
   """Split a B-cos net into pure functions of raw images and its parameter state.
 

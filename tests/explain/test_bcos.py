@@ -53,9 +53,10 @@ def test_detach_keeps_the_forward_value():
   np.testing.assert_allclose(model(encoded, detach=True), model(encoded), rtol=1e-6)
 
 
-@pytest.mark.parametrize("net", ["mlp", "conv"])
+@pytest.mark.parametrize("net", ["mlp", "conv", "cnn"])
 def test_contributions_sum_to_the_logit(net):
-  model = bcos.BcosMLP(2 * 64, (16, 8), num_classes=3, rngs=nnx.Rngs(3)) if net == "mlp" else _ConvNet(nnx.Rngs(3))
+  model = {"mlp": lambda r: bcos.BcosMLP(2 * 64, (16, 8), num_classes=3, rngs=r), "conv": _ConvNet,
+           "cnn": lambda r: bcos.BcosCNN(channels=(4, 6), strides=(1, 2), num_classes=3, rngs=r)}[net](nnx.Rngs(3))
   apply_fn, linear_fn, params = bcos.bcos_apply_fns(model)
   x = jnp.asarray(np.random.default_rng(4).uniform(size=(4, 8, 8, 1)), jnp.float32)
   logits = jax.jit(apply_fn)(params, x)
@@ -72,3 +73,5 @@ def test_invalid_options_raise():
     bcos.BcosDense(2, 2, b=0.5, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="padding"):
     bcos.BcosConv(2, 2, padding="FULL", rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="channels and strides"):
+    bcos.BcosCNN(channels=(4, 6), strides=(1,), rngs=nnx.Rngs(0))
