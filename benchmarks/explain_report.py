@@ -1,11 +1,11 @@
 """Train SGD, Bort, DBort and B-cos MNIST models and write the explainability report.
 
-  nice -n 10 python benchmarks/explain_report.py --out benchmarks/results
+  nice -n 10 python -m benchmarks.explain_report --arch cnn    # explain_mnist_cnn.{md,json,png}
+  nice -n 10 python -m benchmarks.explain_report --arch mlp    # explain_mnist_mlp.{md,json,png}
 
-Models are bias-free MLPs (784-512-512-10; ReLU trained with optax SGD, ``bort_jax.bort_sgd`` (Bort) and
-Bort + ``bort_jax.dbort_loss`` (DBort); the B-cos MLP of ``bort_jax.explain.bcos`` with Adam). To read the
-2×2 / 3×3 grids of the pointing game, a model is applied to every 28×28 tile and its logits are averaged over
-tiles (a convolution with a 28×28 kernel and stride 28, then global average pooling). Data:
+The ReLU nets are trained with optax SGD (momentum 0.9), ``bort_jax.bort_sgd`` (Bort) and Bort +
+``bort_jax.dbort_loss`` (DBort); the B-cos nets of ``bort_jax.explain.bcos`` with Adam. The architectures (and
+how they read the grids of the pointing game) are in ``benchmarks/explain_models.py``. Data:
 ``$BORT_DATA_DIR/mnist.npz`` (default ``../shared/data`` from the repository root). Everything else is
 measured by ``bort_jax.explain.report``.
 """
@@ -15,69 +15,40 @@ import json
 import os
 import pathlib
 import time
-from collections.abc import Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 import bort_jax
+from benchmarks import explain_models as models
 from bort_jax.explain import bcos
 from bort_jax.explain import report
 
-KINDS = ("sgd", "bort", "dbort", "bcos")
-TILE = 28
+SETUP = {
+    "mlp": "Setup. sgd / bort / dbort: bias-free ReLU MLP 784-{widths}-10; bcos: bias-free B-cos MLP (B = 2) on "
+           "[x, 1 − x]. Grids are read tile-wise (each 28×28 cell through the MLP, logits averaged over cells), "
+           "so cells do not interact and the pointing game measures how class-specific an explanation is.",
+    "cnn": "Setup. sgd / bort / dbort: bias-free fully convolutional ReLU net, 3×3 convolutions with {widths} "
+           "channels (strides 1, 2, 2), a 1×1 convolution to the 10 classes and global average pooling; bcos: "
+           "the same topology with B-cos convolutions (B = 2) on [x, 1 − x]. Trained on 28×28 digits, applied "
+           "to whole 56×56 / 84×84 grids (receptive fields cross cell borders). The raw reconstruction scale 1/∏α "
+           "ignores that 3×3 patches overlap (up to 9 per pixel), so for this net read the fitted PSNR.",
+}
 NOTES = (
-    "Setup. sgd / bort / dbort: bias-free ReLU MLP 784-512-512-10 trained with optax.sgd (momentum 0.9), "
-    "bort_jax.bort_sgd (l2-full, α = 1, γ on both hidden kernels, classifier kernel left free) and the same "
-    "plus bort_jax.dbort_loss over the three pre-activations; bcos: bias-free B-cos MLP (B = 2) on [x, 1 − x] "
-    "with Adam. Grids are read tile-wise (each 28×28 cell through the MLP, logits averaged over cells), so "
-    "cells do not interact and the pointing game measures how class-specific an explanation is.",
+    "Training: SGD (momentum 0.9), bort_jax.bort_sgd (l2-full, α = 1, γ on every feature kernel, classifier "
+    "kernel left free) and the same plus bort_jax.dbort_loss over every pre-activation; B-cos with Adam.",
     "",
-    "Methods. Reconstruction x̂ = J(x)ᵀ f(x) / ∏α from the ReLU features of fc1 / fc2 "
-    "(bort_jax.explain.reconstruct); PSNR with peak 1 on raw x̂. Backtracking: the top 10% of fc2 units, "
-    "ranked by their contribution f ⊙ ∂logit/∂f to the target class, sent back through J(x)ᵀ. IG from the "
-    "zero image (midpoint rule); for a bias-free ReLU net it equals input×gradient exactly (positive "
+    "Methods. Reconstruction x̂ = J(x)ᵀ f(x) / ∏α from the ReLU features of each depth "
+    "(bort_jax.explain.reconstruct); PSNR with peak 1 on raw x̂. Backtracking: the top 10% of the last feature "
+    "layer's units, ranked by their contribution f ⊙ ∂logit/∂f to the target class, sent back through J(x)ᵀ. IG "
+    "from the zero image (midpoint rule); for a bias-free ReLU net it equals input×gradient exactly (positive "
     "homogeneity), so the two rows coincide. BSM / BIG: nearest boundary point by untargeted PGD-L2 "
     "(10 steps, frozen at first success) over ε ∈ {0.5, 1, 2, 3, 4, 6}, the smallest successful ε kept. "
     "Pointing game: positive attribution in the target cell / total positive attribution, summed over "
     "channels (B-cos: over the two input encodings). Deletion / insertion: 56 pixels per step, zero baseline.",
 )
-
-
-class MLP(nnx.Module):
-  """Bias-free ReLU MLP on flattened images; ``forward`` also returns every pre-activation (for DBort)."""
-
-  def __init__(self, hidden_sizes: Sequence[int] = (512, 512), num_classes: int = 10, *, rngs: nnx.Rngs):
-    sizes = (TILE * TILE, *hidden_sizes, num_classes)
-    self.layers = nnx.List([nnx.Linear(i, o, use_bias=False, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
-
-  def forward(self, x: jax.Array, depth: int | None = None) -> tuple[jax.Array, list[jax.Array]]:
-    """ReLU features of hidden layer ``depth`` (1-based), or the logits when None; plus pre-activations."""
-    h, preacts = x.reshape(x.shape[0], -1), []
-    for i, layer in enumerate(self.layers, start=1):
-      preacts.append(layer(h))
-      if i == len(self.layers):
-        break
-      h = jax.nn.relu(preacts[-1])
-      if i == depth:
-        return h, preacts
-    return preacts[-1], preacts
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return self.forward(x)[0]
-
-
-def tiled(fn: Callable) -> Callable:
-  """``fn(params, tiles) -> (N·T, ...)`` on 28×28 tiles, lifted to images of g×g tiles: (N, T, ...)."""
-  def wrapped(params, x):
-    n, h, w, c = x.shape
-    tiles = x.reshape(n, h // TILE, TILE, w // TILE, TILE, c).transpose(0, 1, 3, 2, 4, 5)
-    out = fn(params, tiles.reshape(-1, TILE, TILE, c))
-    return out.reshape(n, -1, *out.shape[1:])
-  return wrapped
 
 
 def load_mnist(data_dir: str) -> tuple[np.ndarray, ...]:
@@ -91,14 +62,6 @@ def load_mnist(data_dir: str) -> tuple[np.ndarray, ...]:
             d["y_test"].astype(np.int32))
 
 
-def make_model(kind: str, seed: int, hidden_sizes: Sequence[int]):
-  if kind not in KINDS:
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-  if kind == "bcos":
-    return bcos.BcosMLP(2 * TILE * TILE, hidden_sizes, logit_scale=10.0, rngs=nnx.Rngs(seed))
-  return MLP(hidden_sizes, rngs=nnx.Rngs(seed))
-
-
 def make_optimizer(kind: str, args) -> optax.GradientTransformation:
   if kind == "sgd":
     return optax.sgd(args.lr, momentum=0.9)
@@ -106,13 +69,13 @@ def make_optimizer(kind: str, args) -> optax.GradientTransformation:
     return optax.adam(args.bcos_lr)
   # The classifier kernel is left free (rule scale 0): only the feature layers need to be invertible, and a
   # unit-norm head would cap the logit scale.
-  head = f"layers/{len(args.hidden)}/kernel"
+  head = models.head_kernel_path(args.arch, args.widths)
   return bort_jax.bort_sgd(args.lr, args.gamma, momentum=0.9, alpha=1.0, rules=[(head, args.head_gamma_scale)])
 
 
 def train(kind: str, seed: int, x_train, y_train, args):
   """Train one model; returns (model, seconds)."""
-  model = make_model(kind, seed, args.hidden)
+  model = models.make_model(args.arch, kind, seed, args.widths)
   graphdef, params = nnx.split(model)
   optimizer = make_optimizer(kind, args)
   opt_state = optimizer.init(params)
@@ -145,32 +108,16 @@ def train(kind: str, seed: int, x_train, y_train, args):
   return nnx.merge(graphdef, params), time.time() - start
 
 
-def model_fns(kind: str, model) -> report.ModelFns:
-  """Tile-wise pure functions of a trained model (built once per architecture: seeds share compilations)."""
-  graphdef = nnx.graphdef(model)
-  net = lambda p: nnx.merge(graphdef, p)
-  if kind == "bcos":
-    apply_fn, linear_fn, _ = bcos.bcos_apply_fns(model)
-    tiled_linear = lambda p, e: tiled(linear_fn)(p, e).mean(1)
-    explain = jax.jit(lambda p, x, t: bcos.bcos_contributions(tiled_linear, p, x, t))
-    return report.ModelFns(lambda p, x: tiled(apply_fn)(p, x).mean(1), explain_fn=explain)
-  depths = range(1, len(model.layers))
-  features = lambda depth: tiled(lambda p, x: net(p).forward(x, depth)[0])
-  return report.ModelFns(
-      apply_fn=lambda p, x: tiled(lambda q, z: net(q)(z))(p, x).mean(1),
-      features_fns={f"fc{d}": features(d) for d in depths},
-      head_fn=lambda p, h: net(p).layers[-1](h).mean(1),
-      kernels_fn=lambda p: {f"fc{d}": net(p).layers[d - 1].kernel[...] for d in depths})
-
-
 def parse_args(argv=None):
   repo = pathlib.Path(__file__).resolve().parents[1]
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", str(repo.parent / "shared/data")))
   parser.add_argument("--out", default=str(repo / "benchmarks/results"))
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
-  parser.add_argument("--hidden", type=int, nargs="+", default=[512, 512])
+  parser.add_argument("--arch", default="cnn", choices=models.ARCHS)
+  parser.add_argument("--kinds", nargs="+", default=list(models.KINDS), choices=models.KINDS)
+  parser.add_argument("--widths", type=int, nargs="+",
+                      help="hidden sizes (mlp, default 512 512) or channels (cnn, default 32 64 64)")
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--train-size", type=int, default=60000)
   parser.add_argument("--batch-size", type=int, default=128)
@@ -184,7 +131,9 @@ def parse_args(argv=None):
   parser.add_argument("--num-eval", type=int, default=200, help="test images for deletion/insertion")
   parser.add_argument("--num-big", type=int, default=100, help="test images for BSM/BIG (PGD search)")
   parser.add_argument("--ig-steps", type=int, default=8)
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  args.widths = args.widths or ([512, 512] if args.arch == "mlp" else [32, 64, 64])
+  return args
 
 
 def main(argv=None):
@@ -199,7 +148,7 @@ def main(argv=None):
     for kind in args.kinds:
       model, seconds = train(kind, seed, x_train, y_train, args)
       family = "bcos" if kind == "bcos" else "relu"         # SGD, Bort and DBort share one architecture
-      fns = fns_by_kind.setdefault(family, model_fns(kind, model))
+      fns = fns_by_kind.setdefault(family, models.model_fns(args.arch, kind, model))
       params = nnx.state(model)
       metrics = report.evaluate(fns, params, x_test, y_test, x_train[:2000], y_train[:2000],
                                 num_grids=args.num_grids, num_eval=args.num_eval, num_big=args.num_big,
@@ -211,12 +160,15 @@ def main(argv=None):
       first_seed.setdefault(kind, (fns, params))
   order = np.argsort(y_test[:200], kind="stable")
   pick = [order[np.searchsorted(y_test[:200][order], c)] for c in range(0, 10, 2)]
-  panels = report.figure_panels(first_seed, x_test[pick], y_test[pick], depth="fc2")
-  report.write_figure(panels, out / "explain_mnist.png")
+  name = f"explain_mnist_{args.arch}"
+  last_depth = list(fns_by_kind["relu"].features_fns)[-1] if "relu" in fns_by_kind else None
+  panels = report.figure_panels(first_seed, x_test[pick], y_test[pick], depth=last_depth)
+  report.write_figure(panels, out / f"{name}.png")
   config = vars(args) | {"total_seconds": round(time.time() - start), "backend": jax.default_backend()}
   config.pop("out"), config.pop("data_dir")
-  (out / "explain_mnist.json").write_text(json.dumps({"config": config, "results": results}, indent=1))
-  print(report.write_markdown(results, out / "explain_mnist.md", config, "explain_mnist.png", NOTES))
+  (out / f"{name}.json").write_text(json.dumps({"config": config, "results": results}, indent=1))
+  notes = (SETUP[args.arch].format(widths="-".join(map(str, args.widths))), "") + NOTES
+  print(report.write_markdown(results, out / f"{name}.md", config, f"{name}.png", notes))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """MNIST / Fashion-MNIST table: MLP and LeNet-5, SGD vs Bort-SGD and AdamW vs Bort-AdamW, several seeds.
 
-    nice -n 10 python benchmarks/mnist_table.py --dataset mnist --out benchmarks/results/mnist_table.md
-    nice -n 10 python benchmarks/mnist_table.py --dataset fashion_mnist \\
+    nice -n 10 python -m benchmarks.mnist_table --dataset mnist --out benchmarks/results/mnist_table.md
+    nice -n 10 python -m benchmarks.mnist_table --dataset fashion_mnist \\
         --out benchmarks/results/fashion_mnist_table.md
 
 Each cell is mean ± std over seeds of the final test accuracy and of the final orthogonality gap (RMS of
@@ -13,6 +13,7 @@ The table is rewritten after every finished (model, optimizer) cell, so a cut-sh
 """
 
 import argparse
+import ast
 import json
 import os
 import pathlib
@@ -42,11 +43,20 @@ def make_config(dataset: str, model: str, optimizer: str, epochs: int, args) -> 
                      train_limit=args.train_limit))
   for override in args.set:
     key, value = override.split("=", 1)
-    opt, field = key.split(".", 1) if "." in key else (None, key)
-    if opt in (None, optimizer):
-      config[field] = type(config[field])(value)
+    scope, field = key.split(".", 1) if "." in key else (None, key)
+    if scope in (None, model, optimizer):
+      config[field] = _parse_value(value, config[field])
   train.validate(config)
   return config
+
+
+def _parse_value(text: str, current):
+  """A --set value as a Python literal (numbers, bools, tuples), else the string; ints widen to float."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  return float(value) if isinstance(current, float) and isinstance(value, int) else value
 
 
 def run_cell(dataset: str, model: str, optimizer: str, epochs: int, seeds, data, mesh, args):
@@ -81,7 +91,11 @@ def _settings(config) -> str:
   fields = ["learning_rate", "weight_decay"]
   fields += ["momentum"] if "sgd" in config.optimizer else ["b1", "b2", "eps"]
   fields += ["gamma", "alpha", "bort_mode"] if config.optimizer.startswith("bort") else []
-  return ", ".join(f"{f}={config[f]}" for f in fields)
+  fields += ["bort_rules"] if config.optimizer.startswith("bort") and config.bort_rules else []
+  shown = {f: config[f] for f in fields}
+  if "alpha" in shown and config.adaptive_alpha:
+    shown["alpha"] = "adaptive"
+  return ", ".join(f"{f}={v}" for f, v in shown.items())
 
 
 def _mean_std(values, scale=1.0, digits=2):
@@ -100,7 +114,7 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
                  f"{_mean_std([r['gap'] for r in runs], digits=4)} | "
                  f"{', '.join(f'{100 * a:.2f}' for a in accs)} | {runs[0]['settings']} |")
   lines += ["", "## Exactly what was run", "",
-            *(f"- Command: `python benchmarks/mnist_table.py {c}`" for c in commands),
+            *(f"- Command: `python -m benchmarks.mnist_table {c}`" for c in commands),
             f"- Data: `{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
             f", full test split; no augmentation; batch size {args.batch_size}; "
             "cosine learning-rate decay to 0 after a linear warmup of min(0.5, epochs/4) epochs.",
@@ -144,12 +158,16 @@ def main():
   parser.add_argument("--lenet-epochs", type=int, default=2)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--train-limit", type=int, default=0, help="Keep the first N training images.")
-  parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+  parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
   parser.add_argument("--optimizers", nargs="+", default=list(RECIPES), choices=list(RECIPES))
   parser.add_argument("--merge", action="store_true",
                       help="Keep the cells of an earlier run in --out (its .json) that this run does not redo.")
+  parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSON",
+                      help="Also keep the cells (and commands) of these .json files of other runs, e.g. runs "
+                           "of other cells made in parallel; `--models` with no value only merges.")
   parser.add_argument("--set", nargs="*", default=[],
-                      help="Config overrides FIELD=VALUE or OPTIMIZER.FIELD=VALUE, e.g. bort_sgd.gamma=0.1.")
+                      help="Config overrides FIELD=VALUE, OPTIMIZER.FIELD=VALUE or MODEL.FIELD=VALUE with Python "
+                           "literal values, e.g. bort_sgd.gamma=0.1 \"mlp.bort_rules=(('layers/2/kernel', 0.0),)\".")
   args = parser.parse_args()
   command = " ".join(sys.argv[1:])
   started = time.time()
@@ -159,7 +177,13 @@ def main():
     data = ((data[0][0][:args.train_limit], data[0][1][:args.train_limit]), data[1])
   epochs = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
   results, commands = _load_previous(args.out, epochs) if args.merge else ({}, [])
+  for path in args.merge_from:
+    other_results, other_commands = _load_previous(path, epochs)
+    results.update(other_results)
+    commands += [c for c in other_commands if c not in commands]
   commands.append(command)
+  if not args.models:
+    write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
   for model in args.models:
     for optimizer in args.optimizers:
       results[(model, optimizer)] = run_cell(args.dataset, model, optimizer, epochs[model], args.seeds,

@@ -1,0 +1,125 @@
+"""Models of the explainability report and their pure functions (``bort_jax.explain.report.ModelFns``).
+
+Two architectures, each as a ReLU net (trained with SGD, Bort or DBort) and a B-cos net:
+
+* ``mlp``: bias-free MLP 784-512-512-10 on one 28×28 digit. Grids of the pointing game are read tile-wise: each
+  28×28 cell goes through the MLP and the logits are averaged over cells, so cells do not interact.
+* ``cnn``: bias-free fully convolutional net (3×3 convolutions with strides 1, 2, 2, a 1×1 convolution to the
+  classes, global average pooling) that reads a whole grid at once, as in the B-cos paper's grid pointing game.
+"""
+
+from collections.abc import Callable, Sequence
+
+import jax
+from flax import nnx
+
+from bort_jax.explain import bcos
+from bort_jax.explain import report
+
+ARCHS = ("mlp", "cnn")
+KINDS = ("sgd", "bort", "dbort", "bcos")
+TILE = 28
+
+
+class MLP(nnx.Module):
+  """Bias-free ReLU MLP on flattened images; ``forward`` also returns every pre-activation (for DBort)."""
+
+  def __init__(self, hidden_sizes: Sequence[int] = (512, 512), num_classes: int = 10, *, rngs: nnx.Rngs):
+    sizes = (TILE * TILE, *hidden_sizes, num_classes)
+    self.layers = nnx.List([nnx.Linear(i, o, use_bias=False, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
+
+  def forward(self, x: jax.Array, depth: int | None = None) -> tuple[jax.Array, list[jax.Array]]:
+    """ReLU features of hidden layer ``depth`` (1-based), or the logits when None; plus pre-activations."""
+    h, preacts = x.reshape(x.shape[0], -1), []
+    for i, layer in enumerate(self.layers, start=1):
+      preacts.append(layer(h))
+      if i == len(self.layers):
+        break
+      h = jax.nn.relu(preacts[-1])
+      if i == depth:
+        return h, preacts
+    return preacts[-1], preacts
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.forward(x)[0]
+
+
+class CNN(nnx.Module):
+  """Bias-free fully convolutional ReLU net; ``forward`` as :class:`MLP`'s, depths counted in convolutions."""
+
+  def __init__(self, channels: Sequence[int] = (32, 64, 64), num_classes: int = 10, *, rngs: nnx.Rngs):
+    sizes, strides = (1, *channels), (1,) + (2,) * (len(channels) - 1)
+    self.convs = nnx.List([nnx.Conv(i, o, (3, 3), strides=s, use_bias=False, rngs=rngs)
+                           for i, o, s in zip(sizes[:-1], sizes[1:], strides)])
+    self.head = nnx.Conv(sizes[-1], num_classes, (1, 1), use_bias=False, rngs=rngs)
+
+  def forward(self, x: jax.Array, depth: int | None = None) -> tuple[jax.Array, list[jax.Array]]:
+    h, preacts = x, []
+    for i, conv in enumerate(self.convs, start=1):
+      preacts.append(conv(h))
+      h = jax.nn.relu(preacts[-1])
+      if i == depth:
+        return h, preacts
+    preacts.append(self.head(h))
+    return self.pool(preacts[-1]), preacts
+
+  @staticmethod
+  def pool(class_maps: jax.Array) -> jax.Array:
+    return class_maps.mean((1, 2))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.forward(x)[0]
+
+
+def make_model(arch: str, kind: str, seed: int, widths: Sequence[int]) -> nnx.Module:
+  """The ``kind`` network of ``arch``; ``widths`` are the hidden sizes (mlp) or channels (cnn)."""
+  if arch not in ARCHS:
+    raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+  rngs = nnx.Rngs(seed)
+  if kind == "bcos":
+    if arch == "mlp":
+      return bcos.BcosMLP(2 * TILE * TILE, widths, logit_scale=10.0, rngs=rngs)
+    return bcos.BcosCNN(2, widths, (1,) + (2,) * (len(widths) - 1), logit_scale=10.0, rngs=rngs)
+  return MLP(widths, rngs=rngs) if arch == "mlp" else CNN(widths, rngs=rngs)
+
+
+def head_kernel_path(arch: str, widths: Sequence[int]) -> str:
+  """Path of the classifier kernel in the ReLU net's params (left free by the Bort optimizer)."""
+  return f"layers/{len(widths)}/kernel" if arch == "mlp" else "head/kernel"
+
+
+def tiled(fn: Callable) -> Callable:
+  """``fn(params, tiles) -> (N·T, ...)`` on 28×28 tiles, lifted to images of g×g tiles: (N, T, ...)."""
+  def wrapped(params, x):
+    n, h, w, c = x.shape
+    tiles = x.reshape(n, h // TILE, TILE, w // TILE, TILE, c).transpose(0, 1, 3, 2, 4, 5)
+    out = fn(params, tiles.reshape(-1, TILE, TILE, c))
+    return out.reshape(n, -1, *out.shape[1:])
+  return wrapped
+
+
+def model_fns(arch: str, kind: str, model: nnx.Module) -> report.ModelFns:
+  """Pure functions of a trained model (built once per architecture: seeds share compilations)."""
+  graphdef = nnx.graphdef(model)
+  net = lambda p: nnx.merge(graphdef, p)
+  lift = tiled if arch == "mlp" else (lambda fn: fn)     # the CNN reads a grid whole
+  pool = (lambda y: y.mean(1)) if arch == "mlp" else (lambda y: y)
+  if kind == "bcos":
+    apply_fn, linear_fn, _ = bcos.bcos_apply_fns(model)
+    pooled_linear = lambda p, e: pool(lift(linear_fn)(p, e))
+    explain = jax.jit(lambda p, x, t: bcos.bcos_contributions(pooled_linear, p, x, t))
+    return report.ModelFns(lambda p, x: pool(lift(apply_fn)(p, x)), explain_fn=explain)
+  if arch == "mlp":
+    layers = {f"fc{d}": lambda p, d=d: net(p).layers[d - 1] for d in range(1, len(model.layers))}
+    head_fn = lambda p, h: net(p).layers[-1](h).mean(1)
+  else:
+    layers = {f"conv{d}": lambda p, d=d: net(p).convs[d - 1] for d in range(1, len(model.convs) + 1)}
+    head_fn = lambda p, h: CNN.pool(net(p).head(h))
+  features = lambda depth: lift(lambda p, x: net(p).forward(x, depth)[0])
+  return report.ModelFns(
+      apply_fn=lambda p, x: pool(lift(lambda q, z: net(q)(z))(p, x)),
+      features_fns={name: features(d) for d, name in enumerate(layers, start=1)},
+      head_fn=head_fn,
+      kernels_fn=lambda p: {name: layer(p).kernel[...] for name, layer in layers.items()})
