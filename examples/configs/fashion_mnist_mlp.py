@@ -1,10 +1,9 @@
-"""MLP 784-256-256-10 on Fashion-MNIST; same recipes as `mnist_lenet.py` (pick one after ":")."""
+"""MLP 784-256-256-10 on Fashion-MNIST; the recipes of `mnist_mlp.py` (pick one after ":")."""
 
-from examples.configs import mnist_lenet
+from examples.configs import mnist_mlp
 
 
 def get_config(recipe: str = "bort_sgd"):
-  c = mnist_lenet.get_config(recipe)
+  c = mnist_mlp.get_config(recipe)
   c.dataset = "fashion_mnist"
-  c.model = "mlp"
   return c
