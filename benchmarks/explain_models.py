@@ -4,8 +4,8 @@ Two architectures, each as a ReLU net (trained with SGD, Bort or DBort) and a B-
 
 * ``mlp``: bias-free MLP 784-512-512-10 on one 28×28 digit. Grids of the pointing game are read tile-wise: each
   28×28 cell goes through the MLP and the logits are averaged over cells, so cells do not interact.
-* ``cnn``: bias-free fully convolutional net (3×3 convolutions with strides 1, 2, 2, a 1×1 convolution to the
-  classes, global average pooling) that reads a whole grid at once, as in the B-cos paper's grid pointing game.
+* ``cnn``: bias-free fully convolutional net (3×3 convolutions with strides 2, 2, 1, 1, a 1×1 convolution to
+  the classes, global average pooling) that reads a whole grid at once, as in the B-cos paper's grid pointing game.
 """
 
 from collections.abc import Callable, Sequence
@@ -19,6 +19,8 @@ from bort_jax.explain import report
 ARCHS = ("mlp", "cnn")
 KINDS = ("sgd", "bort", "dbort", "bcos")
 TILE = 28
+CNN_CHANNELS = (32, 32, 32, 32)
+CNN_STRIDES = (2, 2, 1, 1)
 
 
 class MLP(nnx.Module):
@@ -45,10 +47,17 @@ class MLP(nnx.Module):
 
 
 class CNN(nnx.Module):
-  """Bias-free fully convolutional ReLU net; ``forward`` as :class:`MLP`'s, depths counted in convolutions."""
+  """Bias-free fully convolutional ReLU net; ``forward`` as :class:`MLP`'s, depths counted in convolutions.
 
-  def __init__(self, channels: Sequence[int] = (32, 64, 64), num_classes: int = 10, *, rngs: nnx.Rngs):
-    sizes, strides = (1, *channels), (1,) + (2,) * (len(channels) - 1)
+  The default (3×3 convolutions, strides 2, 2, 1, 1) sees 23×23 pixels per output position: most of a digit,
+  which a global-average-pooled classifier needs.
+  """
+
+  def __init__(self, channels: Sequence[int] = CNN_CHANNELS, strides: Sequence[int] = CNN_STRIDES,
+               num_classes: int = 10, *, rngs: nnx.Rngs):
+    if len(channels) != len(strides):
+      raise ValueError(f"channels and strides must have equal lengths, got {len(channels)} and {len(strides)}")
+    sizes = (1, *channels)
     self.convs = nnx.List([nnx.Conv(i, o, (3, 3), strides=s, use_bias=False, rngs=rngs)
                            for i, o, s in zip(sizes[:-1], sizes[1:], strides)])
     self.head = nnx.Conv(sizes[-1], num_classes, (1, 1), use_bias=False, rngs=rngs)
@@ -81,8 +90,8 @@ def make_model(arch: str, kind: str, seed: int, widths: Sequence[int]) -> nnx.Mo
   if kind == "bcos":
     if arch == "mlp":
       return bcos.BcosMLP(2 * TILE * TILE, widths, logit_scale=10.0, rngs=rngs)
-    return bcos.BcosCNN(2, widths, (1,) + (2,) * (len(widths) - 1), logit_scale=10.0, rngs=rngs)
-  return MLP(widths, rngs=rngs) if arch == "mlp" else CNN(widths, rngs=rngs)
+    return bcos.BcosCNN(2, widths, CNN_STRIDES, logit_scale=10.0, rngs=rngs)
+  return MLP(widths, rngs=rngs) if arch == "mlp" else CNN(widths, CNN_STRIDES, rngs=rngs)
 
 
 def head_kernel_path(arch: str, widths: Sequence[int]) -> str:

@@ -31,13 +31,13 @@ SETUP = {
            "[x, 1 − x]. Grids are read tile-wise (each 28×28 cell through the MLP, logits averaged over cells), "
            "so cells do not interact and the pointing game measures how class-specific an explanation is.",
     "cnn": "Setup. sgd / bort / dbort: bias-free fully convolutional ReLU net, 3×3 convolutions with {widths} "
-           "channels (strides 1, 2, 2), a 1×1 convolution to the 10 classes and global average pooling; bcos: "
+           "channels (strides 2, 2, 1, 1), a 1×1 convolution to the 10 classes and global average pooling; bcos: "
            "the same topology with B-cos convolutions (B = 2) on [x, 1 − x]. Trained on 28×28 digits, applied "
            "to whole 56×56 / 84×84 grids (receptive fields cross cell borders). The raw reconstruction scale 1/∏α "
            "ignores that 3×3 patches overlap (up to 9 per pixel), so for this net read the fitted PSNR.",
 }
 NOTES = (
-    "Training: SGD (momentum 0.9), bort_jax.bort_sgd (l2-full, α = 1, γ on every feature kernel, classifier "
+    "Training: SGD (momentum 0.9), bort_jax.bort_sgd (l2-full, α and γ as configured, on every feature kernel; classifier "
     "kernel left free) and the same plus bort_jax.dbort_loss over every pre-activation; B-cos with Adam.",
     "",
     "Methods. Reconstruction x̂ = J(x)ᵀ f(x) / ∏α from the ReLU features of each depth "
@@ -70,7 +70,8 @@ def make_optimizer(kind: str, args) -> optax.GradientTransformation:
   # The classifier kernel is left free (rule scale 0): only the feature layers need to be invertible, and a
   # unit-norm head would cap the logit scale.
   head = models.head_kernel_path(args.arch, args.widths)
-  return bort_jax.bort_sgd(args.lr, args.gamma, momentum=0.9, alpha=1.0, rules=[(head, args.head_gamma_scale)])
+  alpha = args.alpha if args.alpha == "adaptive" else float(args.alpha)
+  return bort_jax.bort_sgd(args.lr, args.gamma, momentum=0.9, alpha=alpha, rules=[(head, args.head_gamma_scale)])
 
 
 def train(kind: str, seed: int, x_train, y_train, args):
@@ -117,12 +118,13 @@ def parse_args(argv=None):
   parser.add_argument("--arch", default="cnn", choices=models.ARCHS)
   parser.add_argument("--kinds", nargs="+", default=list(models.KINDS), choices=models.KINDS)
   parser.add_argument("--widths", type=int, nargs="+",
-                      help="hidden sizes (mlp, default 512 512) or channels (cnn, default 32 64 64)")
+                      help="hidden sizes (mlp, default 512 512) or channels (cnn, default 32 32 32 32)")
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--train-size", type=int, default=60000)
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--lr", type=float, default=0.05)
   parser.add_argument("--gamma", type=float, default=0.1, help="Bort correction strength")
+  parser.add_argument("--alpha", default="1.0", help="Bort amplitude: a float > 0 or 'adaptive'")
   parser.add_argument("--head-gamma-scale", type=float, default=0.0, help="Bort strength on the classifier")
   parser.add_argument("--dbort-lam", type=float, default=0.1)
   parser.add_argument("--dbort-beta", type=float, default=0.1)
@@ -132,7 +134,7 @@ def parse_args(argv=None):
   parser.add_argument("--num-big", type=int, default=100, help="test images for BSM/BIG (PGD search)")
   parser.add_argument("--ig-steps", type=int, default=8)
   args = parser.parse_args(argv)
-  args.widths = args.widths or ([512, 512] if args.arch == "mlp" else [32, 64, 64])
+  args.widths = args.widths or ([512, 512] if args.arch == "mlp" else list(models.CNN_CHANNELS))
   return args
 
 
