@@ -128,9 +128,11 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
   lines += ["- Orthogonality gap: `bort_jax.orthogonality_gap(params)` `offdiag` statistic (RMS of the "
             "off-diagonal of G/mean diag G, G the Gram of the constrained side of each kernel), averaged "
             "over the constrained layers, after the last epoch.",
-            f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; wall time "
-            f"{(time.time() - started) / 60:.1f} min for the cells of the last command; seconds per run "
-            "in the .json beside this file."]
+            f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; "
+            + (f"wall time {(time.time() - started) / 60:.1f} min for the cells of the last command; "
+               if args.models else "the last command only merged cells (no training); ")
+            + "seconds per run in the .json beside this file (cells of one command ran in parallel with "
+            "other jobs, so they are not comparable across rows)."]
   pathlib.Path(path).write_text("\n".join(lines) + "\n")
   with open(pathlib.Path(path).with_suffix(".json"), "w") as f:
     json.dump({"commands": commands,
