@@ -23,6 +23,7 @@ from bort_jax._src.diagnostics import GapStats
 from bort_jax._src.diagnostics import gap_summary
 from bort_jax._src.diagnostics import matrix_gap
 from bort_jax._src.diagnostics import orthogonality_gap
+from bort_jax._src.masking import check_rules
 from bort_jax._src.masking import kernel_mask
 from bort_jax._src.projection import orthogonalize
 from bort_jax._src.projection import polar_newton_schulz

@@ -6,7 +6,6 @@ Each error names the offending field and the accepted values, e.g.
 
 from collections.abc import Callable, Iterable
 import numbers
-import re
 
 import ml_collections
 
@@ -34,23 +33,17 @@ def _number(config, field: str, ok: Callable[[float], bool], accepted: str, inte
     _fail(field, value, accepted)
 
 
-def _check_rules(config, field: str):
-  accepted = "a sequence of (regex, scale >= 0) pairs, e.g. (('fc3/kernel', 0.0),)"
-  rules = config[field]
-  if isinstance(rules, str) or not isinstance(rules, (tuple, list)):
-    _fail(field, rules, accepted)
-  for rule in rules:
-    if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str)
-        or isinstance(rule[1], bool) or not isinstance(rule[1], numbers.Real) or rule[1] < 0):
-      _fail(field, rules, accepted)
-    try:
-      re.compile(rule[0])
-    except re.error as e:
-      _fail(field, rules, f"{accepted} with valid regexes ({rule[0]!r}: {e})")
+def _check_rules(config, field: str, check_rules: Callable):
+  try:
+    check_rules(config[field])
+  except ValueError as e:
+    _fail(field, config[field], "a sequence of (regex, scale >= 0) pairs with valid regexes, e.g. "
+          f"(('fc3/kernel', 0.0),) ({e})")
 
 
 def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[str],
-                    dataset_names: Iterable[str] | None = None, bort_modes: Iterable[str] = ()):
+                    dataset_names: Iterable[str] | None = None, bort_modes: Iterable[str] = (),
+                    check_rules: Callable | None = None):
   """Raises ValueError naming the first invalid field of `config` and the values it accepts.
 
   Args:
@@ -58,6 +51,7 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
     model_names: names `create_model` accepts.
     dataset_names: names the loader accepts; None skips the check (TFDS accepts open-ended names).
     bort_modes: the correction modes of `bort_jax` (checked only for the Bort optimizers).
+    check_rules: `bort_jax.check_rules`, run on `config.bort_rules` (None skips the check).
   """
   _one_of(config, "model", model_names)
   if dataset_names is not None:
@@ -96,7 +90,8 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
           integer=True)
   _number(config, "keep_checkpoints", positive, "an int > 0", integer=True)
   _number(config, "stop_after_steps", non_negative, "an int >= 0 (0: never)", integer=True)
-  _check_rules(config, "bort_rules")
+  if check_rules is not None:
+    _check_rules(config, "bort_rules", check_rules)
   if config.warmup_epochs >= config.num_epochs:
     _fail("warmup_epochs", config.warmup_epochs, f"a float < num_epochs={config.num_epochs}")
   if config.nesterov and config.momentum == 0:

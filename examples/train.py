@@ -58,7 +58,7 @@ def validate(config: ml_collections.ConfigDict):
   """Checks every config field (ValueError naming the field and the accepted values)."""
   config_validation.validate_config(config, model_names=sorted(models_lib.MODELS),
                                     dataset_names=sorted(data_lib.NORMALIZATION),
-                                    bort_modes=bort_jax.MODES)
+                                    bort_modes=bort_jax.MODES, check_rules=bort_jax.check_rules)
   if config.dbort_lambda > 0 and not supports_capture(config.model):
     accepted = ", ".join(repr(n) for n in sorted(models_lib.MODELS) if supports_capture(n))
     raise ValueError(f"config.model={config.model!r} is not accepted with dbort_lambda > 0; accepted "

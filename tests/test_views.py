@@ -113,6 +113,9 @@ def test_bad_layout_and_rules_and_views_are_rejected():
     bj.add_bort_correction(0.1, layout="tf")
   with pytest.raises(ValueError, match="rules must be a sequence of"):
     bj.add_bort_correction(0.1, rules=[("x", -1.0)])
+  with pytest.raises(ValueError, match=r"rules must be .* with valid regexes, got \('fc\[3', 0.0\)"):
+    bj.check_rules([("fc[3", 0.0)])
+  assert bj.check_rules(None) is None
   with pytest.raises(ValueError, match="permutation"):
     bj.KernelView(in_axes=(0,), out_axes=(2,))
   with pytest.raises(ValueError, match="views rule"):

@@ -44,11 +44,16 @@ def resolve_mask(mask: Mask, params: Any, layout: str) -> Any:
 
 
 def check_rules(rules: Optional[Rules]) -> Optional[Rules]:
+  """Returns ``rules`` if it is None or a sequence of ``(regex, scale >= 0)`` pairs; ValueError otherwise."""
   for rule in rules or ():
     if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str)
         or isinstance(rule[1], bool) or not isinstance(rule[1], (int, float)) or rule[1] < 0):
       raise ValueError(f"rules must be a sequence of (regex, non-negative scale) pairs, got {rule!r}.")
-    re.compile(rule[0])
+    try:
+      re.compile(rule[0])
+    except re.error as e:
+      raise ValueError(f"rules must be a sequence of (regex, non-negative scale) pairs with valid regexes, "
+                       f"got {rule!r} ({e}).") from e
   return rules
 
 
