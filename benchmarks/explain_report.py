@@ -70,8 +70,8 @@ def make_optimizer(kind: str, args) -> optax.GradientTransformation:
   # The classifier kernel is left free (rule scale 0): only the feature layers need to be invertible, and a
   # unit-norm head would cap the logit scale.
   head = models.head_kernel_path(args.arch, args.widths)
-  alpha = args.alpha if args.alpha == "adaptive" else float(args.alpha)
-  return bort_jax.bort_sgd(args.lr, args.gamma, momentum=0.9, alpha=alpha, rules=[(head, args.head_gamma_scale)])
+  return bort_jax.bort_sgd(args.lr, args.gamma, momentum=0.9, alpha=args.alpha,
+                           rules=[(head, args.head_gamma_scale)])
 
 
 def train(kind: str, seed: int, x_train, y_train, args):
@@ -109,6 +109,19 @@ def train(kind: str, seed: int, x_train, y_train, args):
   return nnx.merge(graphdef, params), time.time() - start
 
 
+def _alpha(text: str) -> float | str:
+  """--alpha: 'adaptive' or a float > 0 (checked while parsing, before any data is loaded)."""
+  if text == "adaptive":
+    return text
+  try:
+    value = float(text)
+  except ValueError:
+    value = 0.0
+  if not value > 0:
+    raise argparse.ArgumentTypeError(f"{text!r} is not accepted; accepted values: a float > 0 or 'adaptive'")
+  return value
+
+
 def parse_args(argv=None):
   repo = pathlib.Path(__file__).resolve().parents[1]
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,7 +137,7 @@ def parse_args(argv=None):
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--lr", type=float, default=0.05)
   parser.add_argument("--gamma", type=float, default=0.1, help="Bort correction strength")
-  parser.add_argument("--alpha", default="1.0", help="Bort amplitude: a float > 0 or 'adaptive'")
+  parser.add_argument("--alpha", type=_alpha, default=1.0, help="Bort amplitude: a float > 0 or 'adaptive'")
   parser.add_argument("--head-gamma-scale", type=float, default=0.0, help="Bort strength on the classifier")
   parser.add_argument("--dbort-lam", type=float, default=0.1)
   parser.add_argument("--dbort-beta", type=float, default=0.1)
