@@ -25,6 +25,8 @@ from bort_jax._src.diagnostics import matrix_gap
 from bort_jax._src.diagnostics import orthogonality_gap
 from bort_jax._src.masking import check_rules
 from bort_jax._src.masking import kernel_mask
+from bort_jax._src.plan import ViewGuessWarning
+from bort_jax._src.plan import describe
 from bort_jax._src.projection import orthogonalize
 from bort_jax._src.projection import polar_newton_schulz
 from bort_jax._src.projection import polar_svd
@@ -35,6 +37,7 @@ from bort_jax._src.views import KernelView
 from bort_jax._src.views import LAYOUTS
 from bort_jax._src.views import default_view
 from bort_jax._src.views import from_matrix
+from bort_jax._src.views import infer_view
 from bort_jax._src.views import path_str
 from bort_jax._src.views import to_matrix
 

@@ -95,11 +95,41 @@ def test_learning_rate_schedules_are_supported():
 
 
 @pytest.mark.parametrize("factory, kwargs, message", [
-    (bj.bort_sgd, dict(momentum=-0.1), "momentum must be non-negative"),
+    (bj.bort_sgd, dict(momentum=-0.1), r"momentum must be a number in \[0, 1\), got -0.1."),
+    (bj.bort_sgd, dict(momentum=1.5), r"momentum must be a number in \[0, 1\), got 1.5."),
+    (bj.bort_sgd, dict(momentum=True), r"momentum must be a number in \[0, 1\), got True."),
+    (bj.bort_sgd, dict(momentum=0.9, dampening=-0.1), r"dampening must be a number in \[0, 1\], got -0.1."),
+    (bj.bort_sgd, dict(weight_decay=np.float32(-1)), "weight_decay must be a non-negative number or an optax schedule"),
+    (bj.bort_sgd, dict(learning_rate=-0.1), "learning_rate must be a non-negative number or an optax schedule"),
+    (bj.bort_sgd, dict(learning_rate=jnp.asarray(-0.1)), "learning_rate must be a non-negative number"),
     (bj.bort_sgd, dict(nesterov=True), "nesterov=True requires momentum > 0"),
-    (bj.bort_adamw, dict(weight_decay=-1.0), "weight_decay must be non-negative"),
+    (bj.bort_sgd, dict(momentum=np.float32(0.9), dampening=np.float32(0.1), nesterov=True),
+     "nesterov=True requires momentum > 0 and dampening == 0"),
+    (bj.bort_sgd, dict(momentum=0.9, nesterov=1), "nesterov must be True or False, got 1."),
+    (bj.bort_sgd, dict(weight_decay_mask=False), "weight_decay_mask must be None, a callable, or a pytree"),
+    (bj.bort_adamw, dict(weight_decay=-1.0), "weight_decay must be a non-negative number, got -1.0."),
+    (bj.bort_adamw, dict(weight_decay=optax.constant_schedule(0.1)), "weight_decay must be a non-negative number"),
+    (bj.bort_adamw, dict(b1=1.5), r"b1 must be a number in \[0, 1\), got 1.5."),
+    (bj.bort_adamw, dict(b2=1.0), r"b2 must be a number in \[0, 1\), got 1.0."),
+    (bj.bort_adamw, dict(eps=-1e-8), "eps must be a non-negative number"),
+    (bj.bort_adamw, dict(learning_rate=np.float32(-1)), "learning_rate must be a non-negative number"),
     (bj.bort_adamw, dict(mode="fullrow"), "mode must be one of"),
 ])
 def test_alias_bad_arguments(factory, kwargs, message):
   with pytest.raises(ValueError, match=message):
-    factory(0.1, 0.1, **kwargs)
+    factory(**{"learning_rate": 0.1, "gamma": 0.1, **kwargs})
+
+
+def test_alias_accepts_schedules_and_numpy_scalars():
+  schedule = optax.linear_schedule(0.1, 0.0, 10)
+  bj.bort_sgd(schedule, schedule, momentum=np.float32(0.9), dampening=1.0, weight_decay=schedule)
+  bj.bort_adamw(schedule, 0.1, b1=np.float32(0.9), b2=jnp.asarray(0.99), eps=0.0, weight_decay=np.float64(0.1))
+
+
+def test_bort_adamw_without_gamma_is_optax_adamw():
+  # Same default weight decay as optax.adamw (1e-4; the reference BortA uses 1e-2).
+  kernel, bias, grads = params_and_grads(3, seed=3)
+  ours = run_ours(bj.bort_adamw(0.1, 0.0), kernel, bias, grads)
+  theirs = run_ours(optax.adamw(0.1), kernel, bias, grads)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-6, atol=1e-7)

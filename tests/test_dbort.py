@@ -83,7 +83,7 @@ def test_bad_dbort_arguments():
   with pytest.raises(ValueError, match="beta must be a positive number"):
     bj.dbort_loss(jnp.ones(3), beta="x")
   params = {"fc": {"kernel": jnp.ones((2, 2))}}
-  with pytest.raises(ValueError, match="is not a parameter path"):
+  with pytest.raises(ValueError, match="is not a kernel path"):
     dbort_update(params, {"fc/weight": bj.dense_io(jnp.ones((1, 2)), jnp.ones((1, 2)))})
 
 

@@ -11,7 +11,8 @@ reference            bort_jax                note
 ``mode``             ``mode``                ``"l2-full"``, ``"l1-fullrow"``, ... (see ``bort_jax.MODES``)
 ``momentum``         ``momentum``            BortS; torch semantics (first step buffer = gradient)
 ``dampening``        ``dampening``           BortS
-``weight_decay``     ``weight_decay``        BortS: coupled (added to the gradient); BortA: decoupled
+``weight_decay``     ``weight_decay``        BortS: coupled (added to the gradient); BortA: decoupled, default
+                                             1e-4 as ``optax.adamw`` (reference BortA: 1e-2)
 ``nesterov``         ``nesterov``            BortS
 ``betas``            ``b1``, ``b2``          BortA
 ``eps``              ``eps``                 BortA
@@ -31,6 +32,7 @@ import optax
 from bort_jax._src import correction
 from bort_jax._src import masking
 from bort_jax._src import transform
+from bort_jax._src import validation
 from bort_jax._src import views as views_lib
 
 
@@ -65,13 +67,27 @@ def _is_static_zero(value) -> bool:
   return isinstance(value, (int, float)) and value == 0
 
 
-def _check_sgd_args(momentum, dampening, weight_decay, nesterov):
-  for name, value in (("momentum", momentum), ("dampening", dampening), ("weight_decay", weight_decay)):
-    if isinstance(value, (int, float)) and value < 0:
-      raise ValueError(f"{name} must be non-negative, got {value!r}.")
-  static = all(isinstance(v, (int, float)) for v in (momentum, dampening))
-  if nesterov and static and (momentum <= 0 or dampening != 0):
-    raise ValueError("nesterov=True requires momentum > 0 and dampening == 0.")
+def _check_sgd_args(learning_rate, momentum, dampening, weight_decay, nesterov, weight_decay_mask):
+  validation.check_nonnegative("learning_rate", learning_rate, allow_schedule=True)
+  validation.check_in_range("momentum", momentum, 0, 1)  # torch allows momentum >= 1, where SGD diverges
+  validation.check_in_range("dampening", dampening, 0, 1, include_high=True)
+  validation.check_nonnegative("weight_decay", weight_decay, allow_schedule=True)  # optax decays by schedules too
+  validation.check_bool("nesterov", nesterov)
+  validation.check_mask("weight_decay_mask", weight_decay_mask)
+  m, d = validation.concrete(momentum), validation.concrete(dampening)
+  if nesterov and ((m is not None and m <= 0) or (d is not None and d != 0)):
+    raise ValueError(f"nesterov=True requires momentum > 0 and dampening == 0, got momentum={momentum!r}, "
+                     f"dampening={dampening!r}.")
+
+
+def _check_adamw_args(learning_rate, b1, b2, eps, weight_decay, weight_decay_mask):
+  validation.check_nonnegative("learning_rate", learning_rate, allow_schedule=True)
+  validation.check_in_range("b1", b1, 0, 1)
+  validation.check_in_range("b2", b2, 0, 1)
+  validation.check_nonnegative("eps", eps)
+  # Not a schedule: the correction is evaluated at weights decayed by learning_rate * weight_decay.
+  validation.check_nonnegative("weight_decay", weight_decay)
+  validation.check_mask("weight_decay_mask", weight_decay_mask)
 
 
 def bort_sgd(
@@ -100,14 +116,15 @@ def bort_sgd(
   Args:
     learning_rate: η, float or schedule.
     gamma: γ, float or schedule.
-    momentum, dampening, nesterov: PyTorch SGD semantics.
-    weight_decay: λ, coupled L2 decay; applied to ``weight_decay_mask`` (default: every leaf, as the reference).
+    momentum, dampening, nesterov: PyTorch SGD semantics; momentum in [0, 1), dampening in [0, 1].
+    weight_decay: λ ≥ 0 (float or schedule), coupled L2 decay; applied to ``weight_decay_mask`` (default: every
+      leaf, as the reference).
     alpha, mode, mask, rules, layout, views, every_k: see :func:`bort_jax.add_bort_correction`.
 
   References:
     Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded Orthogonal Constraint", ICLR 2023.
   """
-  _check_sgd_args(momentum, dampening, weight_decay, nesterov)
+  _check_sgd_args(learning_rate, momentum, dampening, weight_decay, nesterov, weight_decay_mask)
   return optax.chain(
       transform.add_bort_correction(
           gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k),
@@ -124,7 +141,7 @@ def bort_adamw(
     b1: float = 0.9,
     b2: float = 0.999,
     eps: float = 1e-8,
-    weight_decay: float = 1e-2,
+    weight_decay: float = 1e-4,
     alpha: correction.Amplitude = 1.0,
     mode: str = "l2-full",
     mask: masking.Mask = None,
@@ -142,15 +159,15 @@ def bort_adamw(
   Args:
     learning_rate: η, float or schedule.
     gamma: γ, float or schedule.
-    b1, b2, eps: Adam moments (the reference's ``betas`` and ``eps``).
-    weight_decay: λ, decoupled; applied to ``weight_decay_mask`` (default: every leaf, as the reference).
+    b1, b2, eps: Adam moments (the reference's ``betas`` and ``eps``); b1, b2 in [0, 1), eps ≥ 0.
+    weight_decay: λ, decoupled (default 1e-4 as ``optax.adamw``; the reference's is 1e-2); applied to
+      ``weight_decay_mask`` (default: every leaf, as the reference).
     alpha, mode, mask, rules, layout, views, every_k: see :func:`bort_jax.add_bort_correction`.
 
   References:
     Zhang et al., ICLR 2023; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
-  if isinstance(weight_decay, (int, float)) and weight_decay < 0:
-    raise ValueError(f"weight_decay must be non-negative, got {weight_decay!r}.")
+  _check_adamw_args(learning_rate, b1, b2, eps, weight_decay, weight_decay_mask)
   if callable(learning_rate):
     decoupled_decay = lambda count: learning_rate(count) * weight_decay
   else:

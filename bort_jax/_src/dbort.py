@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import optax
 
 from bort_jax._src import correction
+from bort_jax._src import validation
+from bort_jax._src import plan as plan_lib
 from bort_jax._src import views as views_lib
 
 
@@ -36,9 +38,8 @@ class LayerIO(NamedTuple):
 
 
 def _check_lam_beta(lam, beta):
-  for name, value in (("lam", lam), ("beta", beta)):
-    if not correction.is_number(value) or (isinstance(value, (int, float)) and value <= 0):
-      raise ValueError(f"{name} must be a positive number, got {value!r}.")
+  validation.check_positive("lam", lam)
+  validation.check_positive("beta", beta)
 
 
 def dbort_loss(outputs: Any, lam: float = 1e-3, beta: float = 0.1) -> jax.Array:
@@ -132,12 +133,13 @@ def add_dbort_term(
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)
     index = {views_lib.path_str(path): i for i, (path, _) in enumerate(leaves_with_path)}
     update_leaves = treedef.flatten_up_to(updates)
+    kernel_views = {item.path: item.view for item in plan_lib.plan_kernels(params, None, None, layout, views)[0]}
     for path, io in dbort_activations.items():
-      if path not in index:
-        raise ValueError(f"dbort_activations key {path!r} is not a parameter path; known: {sorted(index)}.")
+      if path not in kernel_views:
+        raise ValueError(f"dbort_activations key {path!r} is not a kernel path; known: {sorted(kernel_views)}.")
       kernel = leaves_with_path[index[path]][1]
       names = tuple(path.split("/"))
-      view = views_lib.resolve_view(path, names, kernel.ndim, layout, views)
+      view = kernel_views[path]
       grad_m, grad_b = dbort_kernel_gradient(io, lam, beta)
       grad_kernel = views_lib.from_matrix(grad_m, view, kernel.shape)
       i = index[path]

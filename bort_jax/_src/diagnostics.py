@@ -15,8 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bort_jax._src import correction
+from bort_jax._src import validation
+from bort_jax._src import kernel_matrix as km
 from bort_jax._src import masking
-from bort_jax._src import transform
+from bort_jax._src import plan as plan_lib
 from bort_jax._src import views as views_lib
 
 SIDES = ("auto", "row", "col")
@@ -30,29 +32,34 @@ class GapStats(NamedTuple):
   norm_spread: jax.Array
 
 
-def matrix_gap(m: jax.Array, alpha: Union[float, str] = "adaptive", side: str = "auto") -> GapStats:
-  """:class:`GapStats` of a matrix view ``m`` (``(..., fan_in, out)``)."""
-  if side not in SIDES:
-    raise ValueError(f"side must be one of {SIDES}, got {side!r}.")
-  x = m.astype(jnp.float32)
+def gap_of(k: km.KernelMatrix, alpha: Union[float, str] = "adaptive", side: str = "auto",
+           precision: km.Precision = "highest") -> GapStats:
+  """:class:`GapStats` of a :class:`KernelMatrix`; the Gram at ``precision`` (a gap of 1e-5 needs HIGHEST)."""
+  validation.check_one_of("side", side, SIDES)
+  validation.check_alpha(alpha)
   if side == "auto":
-    side = "col" if correction.is_tall(x) else "row"
-  gram = correction.gram(x, side)
-  units = gram.shape[-1]
-  diagonal = jnp.diagonal(gram, axis1=-2, axis2=-1)
-  correction.check_alpha(alpha)
+    side = "col" if k.is_tall else "row"
+  unit_axes = tuple(range(k.num_batch, k.num_batch + len(k.unit_axes(side))))
+  diagonal = km.unit_sq_norms(k, side)  # exact: no matmul
   if isinstance(alpha, str):
-    a = jnp.mean(diagonal, axis=-1)
+    a = jnp.mean(diagonal, axis=unit_axes)
   else:
-    a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), diagonal.shape[:-1])
+    a = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), diagonal.shape[:k.num_batch])
   a = jnp.maximum(a, jnp.finfo(jnp.float32).tiny)
-  normalized = gram / a[..., None, None]
-  off = normalized - normalized * jnp.eye(units, dtype=normalized.dtype)
-  offdiag = jnp.sqrt(jnp.sum(jnp.square(off), axis=(-2, -1)) / max(units * (units - 1), 1))
-  diag = jnp.sqrt(jnp.mean(jnp.square(diagonal / a[..., None] - 1.0), axis=-1))
+  units = diagonal.size // max(a.size, 1)
+  off = km.gram(k, side, precision) * (1.0 - km.identity(k, side)) / km.expand(a, 2 * len(unit_axes))
+  gram_axes = tuple(range(k.num_batch, k.num_batch + 2 * len(unit_axes)))
+  offdiag = jnp.sqrt(jnp.sum(jnp.square(off), axis=gram_axes) / max(units * (units - 1), 1))
+  diag = jnp.sqrt(jnp.mean(jnp.square(diagonal / km.expand(a, len(unit_axes)) - 1.0), axis=unit_axes))
   norms = jnp.sqrt(diagonal)
-  norm_spread = jnp.std(norms, axis=-1) / jnp.maximum(jnp.mean(norms, axis=-1), jnp.finfo(jnp.float32).tiny)
+  norm_spread = jnp.std(norms, axis=unit_axes) / jnp.maximum(jnp.mean(norms, axis=unit_axes), jnp.finfo(jnp.float32).tiny)
   return GapStats(offdiag, diag, norm_spread)
+
+
+def matrix_gap(m: jax.Array, alpha: Union[float, str] = "adaptive", side: str = "auto",
+               precision: km.Precision = "highest") -> GapStats:
+  """:class:`GapStats` of a matrix view ``m`` (``(..., fan_in, out)``)."""
+  return gap_of(km.KernelMatrix.from_matrix(m), alpha, side, precision)
 
 
 def orthogonality_gap(
@@ -60,20 +67,20 @@ def orthogonality_gap(
     *,
     alpha: Union[float, str] = "adaptive",
     side: str = "auto",
+    precision: km.Precision = "highest",
     mask: masking.Mask = None,
     layout: str = "flax",
     views: Optional[views_lib.ViewRules] = None,
 ) -> Dict[str, GapStats]:
-  """``{"module/kernel": GapStats}`` for every constrained kernel of ``params``; jit-able.
+  """``{"module/kernel": GapStats}`` for every constrained kernel of ``params``; jit-able, sharding-aware.
 
   Measure it on the trained weights before any BatchNorm folding: folding rescales units.
   """
-  views_lib.check_layout(layout)
-  plan, treedef = transform.plan_kernels(params, mask, None, layout, views)
+  km.check_precision(precision)
+  plan, treedef = plan_lib.plan_kernels(params, mask, None, layout, views)
   leaves = treedef.flatten_up_to(params)
-  return {item.path: matrix_gap(views_lib.to_matrix(leaves[item.index], item.view), alpha, side) for item in plan}
-
-
+  return {item.path: gap_of(views_lib.to_kernel_matrix(leaves[item.index], item.view), alpha, side, precision)
+          for item in plan}
 def gap_summary(gaps: Dict[str, GapStats]) -> str:
   """One line: mean and worst layer of each statistic (fetches the values to the host)."""
   if not gaps:

@@ -11,9 +11,12 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import jax
 
+from bort_jax._src import validation
 from bort_jax._src import views
 
-# Module names that hold 2-D embedding tables in PyTorch-layout trees (Flax calls the leaf `embedding`).
+# Modules whose 2-D `weight` is an embedding table in PyTorch-layout trees (Flax calls the leaf `embedding`):
+# nn.Embedding under names like `embed_tokens`, `word_embeddings`, `wte`, `wpe`. A conv patch embedding
+# (`patch_embed.proj.weight`, 4-D) or a linear one is a kernel.
 _TORCH_EMBEDDING = re.compile(r"(?i).*(embed|wte|wpe).*")
 
 Rules = Sequence[Tuple[str, float]]
@@ -25,7 +28,10 @@ def is_kernel(names: Sequence[str], ndim: int, layout: str = "flax") -> bool:
   if ndim < 2 or not names:
     return False
   if layout == "torch":
-    return names[-1] == "weight" and not any(_TORCH_EMBEDDING.fullmatch(n) for n in names[:-1])
+    if names[-1] == views.TORCH_QKV:
+      return ndim == 2
+    table = ndim == 2 and len(names) >= 2 and _TORCH_EMBEDDING.fullmatch(names[-2]) is not None
+    return names[-1] == "weight" and not table
   return names[-1] == "kernel"
 
 
@@ -43,23 +49,4 @@ def resolve_mask(mask: Mask, params: Any, layout: str) -> Any:
   return mask(params) if callable(mask) else mask
 
 
-def check_rules(rules: Optional[Rules]) -> Optional[Rules]:
-  """Returns ``rules`` if it is None or a sequence of ``(regex, scale >= 0)`` pairs; ValueError otherwise."""
-  for rule in rules or ():
-    if (not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str)
-        or isinstance(rule[1], bool) or not isinstance(rule[1], (int, float)) or rule[1] < 0):
-      raise ValueError(f"rules must be a sequence of (regex, non-negative scale) pairs, got {rule!r}.")
-    try:
-      re.compile(rule[0])
-    except re.error as e:
-      raise ValueError(f"rules must be a sequence of (regex, non-negative scale) pairs with valid regexes, "
-                       f"got {rule!r} ({e}).") from e
-  return rules
-
-
-def rule_scale(path: str, rules: Optional[Rules]) -> float:
-  """Scale of the first rule whose regex fully matches ``path``; 1.0 when none does."""
-  for pattern, scale in rules or ():
-    if re.fullmatch(pattern, path):
-      return float(scale)
-  return 1.0
+check_rules = validation.check_rules

@@ -11,30 +11,44 @@ Put them last in a chain: they rewrite the updates so that ``params + updates`` 
 Reference: Higham, "Functions of Matrices", 2008, §8.3 (Newton–Schulz iteration for the polar factor).
 """
 
+import math
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from bort_jax._src import kernel_matrix as km
 from bort_jax._src import masking
-from bort_jax._src import transform
+from bort_jax._src import plan as plan_lib
+from bort_jax._src import validation
 from bort_jax._src import views as views_lib
 
 METHODS = ("newton_schulz", "svd")
 
 
-def polar_newton_schulz(m: jax.Array, steps: int = 20) -> jax.Array:
-  """Orthogonal polar factor of ``m`` (``(..., n, k)``) by Newton–Schulz, computed on the smaller Gram."""
-  x = m.astype(jnp.float32)
-  x = x / jnp.linalg.norm(x, axis=(-2, -1), keepdims=True)
-  tall = x.shape[-1] > x.shape[-2]
+def newton_schulz(k: km.KernelMatrix, steps: int = 20, precision: km.Precision = "highest") -> jax.Array:
+  """Polar factor of a :class:`KernelMatrix` by Newton–Schulz, float32, with ``k.x``'s axes and sharding.
+
+  ``X ← X + ½ X (I − XᵀX)``: the residual form of ``1.5 X − 0.5 X XᵀX``, with the Gram at ``precision``,
+  so that reduced-precision matmuls do not stop the iteration short of orthogonality. The Gram is taken on
+  the side that contracts over sharded axes, else on the smaller side (both give the same iterate).
+  """
+  x = k.x.astype(jnp.float32)
+  x = x / jnp.sqrt(jnp.sum(jnp.square(x), axis=tuple(range(k.num_batch, x.ndim)), keepdims=True))
+  side = km.contracting_side(k)
 
   def step(_, x):
-    xt = jnp.swapaxes(x, -1, -2)
-    return 1.5 * x - 0.5 * ((x @ xt) @ x if tall else x @ (xt @ x))
+    current = k.with_x(x)
+    residual = km.identity(current, side) - km.gram(current, side, precision)
+    return x + 0.5 * km.times(current, residual, side)
 
-  return jax.lax.fori_loop(0, steps, step, x).astype(m.dtype)
+  return jax.lax.fori_loop(0, steps, step, x)
+
+
+def polar_newton_schulz(m: jax.Array, steps: int = 20, precision: km.Precision = "highest") -> jax.Array:
+  """Orthogonal polar factor of ``m`` (``(..., n, k)``) by Newton–Schulz (see :func:`newton_schulz`)."""
+  return newton_schulz(km.KernelMatrix.from_matrix(m), steps, precision).astype(m.dtype)
 
 
 def polar_svd(m: jax.Array) -> jax.Array:
@@ -43,8 +57,20 @@ def polar_svd(m: jax.Array) -> jax.Array:
   return (u @ vt).astype(m.dtype)
 
 
-def _projection(project_matrix, mask, layout, views) -> optax.GradientTransformation:
+def _svd_of(k: km.KernelMatrix) -> jax.Array:
+  """:func:`polar_svd` of a :class:`KernelMatrix`; a sharded kernel is gathered first (SVD needs it whole)."""
+  x, spec = k.x, k.spec
+  if spec is not None:
+    x = jax.sharding.reshard(x, jax.sharding.PartitionSpec())
+  batch = x.shape[:k.num_batch]
+  polar = polar_svd(x.reshape(batch + (k.fan_in, k.out)).astype(jnp.float32)).reshape(x.shape)
+  return polar if spec is None else jax.sharding.reshard(polar, jax.sharding.PartitionSpec(*spec))
+
+
+def _projection(project, mask, layout, views) -> optax.GradientTransformation:
   views_lib.check_layout(layout)
+  validation.check_views(views)
+  validation.check_mask("mask", mask)
 
   def init_fn(params):
     del params
@@ -53,13 +79,13 @@ def _projection(project_matrix, mask, layout, views) -> optax.GradientTransforma
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("projections need params: call update(updates, state, params).")
-    plan, treedef = transform.plan_kernels(params, mask, None, layout, views)
+    plan, treedef = plan_lib.plan_kernels(params, mask, None, layout, views)
     param_leaves = treedef.flatten_up_to(params)
     update_leaves = treedef.flatten_up_to(updates)
     for item in plan:
       p, u = param_leaves[item.index], update_leaves[item.index]
-      stepped = views_lib.to_matrix(p + u, item.view)
-      landed = views_lib.from_matrix(project_matrix(stepped), item.view, p.shape)
+      stepped = views_lib.to_kernel_matrix(p + u, item.view)
+      landed = views_lib.from_kernel_matrix(project(stepped), item.view, p.shape)
       update_leaves[item.index] = (landed - p).astype(u.dtype)
     return jax.tree_util.tree_unflatten(treedef, update_leaves), state
 
@@ -74,12 +100,11 @@ def project_row_norms(
     views: Optional[views_lib.ViewRules] = None,
 ) -> optax.GradientTransformation:
   """Rescales every output unit with ``‖wᵢ‖ > max_norm`` back to ``max_norm`` after the step."""
-  if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)) or max_norm <= 0:
-    raise ValueError(f"max_norm must be a positive number, got {max_norm!r}.")
+  validation.check_positive("max_norm", max_norm)
 
-  def project(m):
-    norms = jnp.linalg.norm(m.astype(jnp.float32), axis=-2, keepdims=True)  # output units are m's columns
-    return (m * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-30))).astype(m.dtype)
+  def project(k):
+    norms = jnp.sqrt(km.unit_sq_norms(k, "row", keepdims=True))  # output units: sums over fan-in
+    return k.x.astype(jnp.float32) * jnp.minimum(1.0, max_norm / jnp.maximum(norms, 1e-30))
 
   return _projection(project, mask, layout, views)
 
@@ -89,6 +114,7 @@ def orthogonalize(
     *,
     method: str = "newton_schulz",
     steps: int = 20,
+    precision: km.Precision = "highest",
     mask: masking.Mask = None,
     layout: str = "flax",
     views: Optional[views_lib.ViewRules] = None,
@@ -97,18 +123,18 @@ def orthogonalize(
 
   Args:
     alpha: α > 0, the squared row norm of the result.
-    method: ``"newton_schulz"`` (matmuls only; ``steps`` iterations) or ``"svd"`` (exact; small kernels).
+    method: ``"newton_schulz"`` (matmuls only; ``steps`` iterations; sharded kernels stay sharded) or
+      ``"svd"`` (exact; small kernels; a sharded kernel is gathered for its SVD).
     steps: Newton–Schulz iterations; quadratic convergence once singular values are near 1, slower for
       ill-conditioned kernels.
+    precision: matmul precision of the Newton–Schulz Gram (``"highest"`` by default).
     mask, layout, views: see :func:`bort_jax.add_bort_correction`.
   """
-  if method not in METHODS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-  if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
-    raise ValueError(f"alpha must be a positive number, got {alpha!r}.")
-  if not isinstance(steps, int) or steps < 1:
-    raise ValueError(f"steps must be a positive integer, got {steps!r}.")
-  scale = alpha ** 0.5
+  validation.check_one_of("method", method, METHODS)
+  validation.check_positive("alpha", alpha)
+  validation.check_positive_int("steps", steps)
+  km.check_precision(precision)
+  scale = math.sqrt(alpha)
   if method == "svd":
-    return _projection(lambda m: scale * polar_svd(m), mask, layout, views)
-  return _projection(lambda m: scale * polar_newton_schulz(m, steps), mask, layout, views)
+    return _projection(lambda k: scale * _svd_of(k), mask, layout, views)
+  return _projection(lambda k: scale * newton_schulz(k, steps, precision), mask, layout, views)
