@@ -24,7 +24,7 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
   return optax.join_schedules([ramp, constant], [warmup])
 
 
-def _rules(config: ml_collections.ConfigDict) -> list[tuple[str, float]] | None:
+def bort_rules(config: ml_collections.ConfigDict) -> list[tuple[str, float]] | None:
   return [tuple(rule) for rule in config.bort_rules] or None
 
 
@@ -40,14 +40,14 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   elif config.optimizer == "bort_sgd":
     tx = bort_jax.bort_sgd(lr, config.gamma, momentum=config.momentum,
                            weight_decay=config.weight_decay, nesterov=config.nesterov,
-                           alpha=alpha, mode=config.bort_mode, rules=_rules(config))
+                           alpha=alpha, mode=config.bort_mode, rules=bort_rules(config))
   elif config.optimizer == "adamw":
     tx = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
                      weight_decay=config.weight_decay)
   elif config.optimizer == "bort_adamw":
     tx = bort_jax.bort_adamw(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps,
                              weight_decay=config.weight_decay, alpha=alpha, mode=config.bort_mode,
-                             rules=_rules(config))
+                             rules=bort_rules(config))
   else:
     raise ValueError(f"config.optimizer={config.optimizer!r} is not accepted; accepted values: "
                      "'sgd', 'bort_sgd', 'adamw', 'bort_adamw'.")

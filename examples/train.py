@@ -234,6 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
 
   tx, lr_schedule = optimizers.create_optimizer(config, steps_per_epoch)
   state, graphs = create_train_state(create_model(config, num_classes), tx)
+  if is_chief and config.optimizer.startswith("bort"):
+    print(bort_jax.describe(state.params, mode=config.bort_mode, rules=optimizers.bort_rules(config)))
   state = sharding.replicate(state, mesh)
   train_step = make_train_step(graphs, tx, config, steps_per_epoch)
   eval_step = make_eval_step(graphs, config)
