@@ -200,3 +200,13 @@ def test_torch_in_proj_weight_is_three_matrices():
   for i in range(3):
     w = weight[i * e:(i + 1) * e]  # torch (out, in); the Flax matrix is its transpose
     np.testing.assert_allclose(delta[i * e:(i + 1) * e], bj.bort_correction(w.T, "adaptive").T, rtol=1e-5, atol=1e-6)
+
+
+def test_a_view_that_does_not_fit_or_matches_nothing_fails_at_init():
+  params = {"k": {"kernel": jnp.ones((2, 3))}}
+  with pytest.raises(ValueError, match="views rule 'k/kernel' gives"):
+    bj.add_bort_correction(0.1, views=[("k/kernel", bj.KernelView((1,), (2,), (0,)))]).init(params)
+  with pytest.raises(ValueError, match="rules regex 'head/kernel' matches no kernel"):
+    bj.bort_sgd(0.1, 0.1, rules=[("head/kernel", 0.0)]).init(params)
+  with pytest.raises(ValueError, match="views regex"):
+    bj.orthogonalize(views=[("x/kernel", None)]).init(params)

@@ -125,7 +125,9 @@ def contracting_side(k: KernelMatrix) -> str:
   A kernel sharded on one side only contracts over its sharded axes (a local partial Gram + one all-reduce,
   no gather) when that Gram has no more entries than the kernel; otherwise moving the kernel once (an
   all-gather) is cheaper than all-reducing the larger Gram, so the smaller Gram is formed. Unsharded
-  kernels, and kernels sharded on both sides, use the smaller Gram.
+  kernels, and kernels sharded on both sides, use the smaller Gram. Ties go to the all-reduce: on a ring it
+  moves up to twice the bytes of a gather of the same size, but it never materialises the whole kernel on
+  one device, which is what FSDP is for (``benchmarks/results/collective_bytes.md`` has the bytes).
   """
   smaller = "col" if k.is_tall else "row"
   in_sharded, out_sharded = k.is_sharded(k.in_axes), k.is_sharded(k.out_axes)

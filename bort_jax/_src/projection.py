@@ -73,7 +73,7 @@ def _projection(project, mask, layout, views) -> optax.GradientTransformation:
   validation.check_mask("mask", mask)
 
   def init_fn(params):
-    del params
+    plan_lib.leaf_infos(params, mask, None, layout, views)  # bad views/rules fail here, not at update
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):

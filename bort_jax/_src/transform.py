@@ -84,7 +84,7 @@ def bort_correction_transform(
   km.check_precision(precision)
 
   def init_fn(params):
-    del params
+    plan_lib.leaf_infos(params, mask, rules, layout, views)  # bad views/rules fail here, not at update
     return BortCorrectionState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
