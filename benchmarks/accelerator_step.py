@@ -182,7 +182,8 @@ def torch_kernels(params, device, scale=1.0):
   result = []
   for (path, leaf), selected in zip(jax.tree_util.tree_leaves_with_path(params), mask):
     if selected:
-      matrices = bort_jax.to_matrix(leaf, bort_jax.default_view(bort_jax.path_str(path).split("/"), leaf.ndim))
+      names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+      matrices = bort_jax.to_matrix(leaf, bort_jax.default_view(names, leaf.ndim))
       for m in np.asarray(matrices, np.float32).reshape((-1,) + matrices.shape[-2:]):
         result.append(torch.from_numpy(np.ascontiguousarray(scale * m.T)).to(device))
   return result

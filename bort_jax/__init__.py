@@ -9,11 +9,9 @@ from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import torch_momentum
 from bort_jax._src.capture import capture_linen_io
-from bort_jax._src.correction import ADAPTIVE
 from bort_jax._src.correction import MODES
 from bort_jax._src.correction import bort_correction
 from bort_jax._src.correction import bort_penalty
-from bort_jax._src.correction import constrained_side
 from bort_jax._src.dbort import LayerIO
 from bort_jax._src.dbort import add_dbort_term
 from bort_jax._src.dbort import conv_io
@@ -23,22 +21,50 @@ from bort_jax._src.diagnostics import GapStats
 from bort_jax._src.diagnostics import gap_summary
 from bort_jax._src.diagnostics import matrix_gap
 from bort_jax._src.diagnostics import orthogonality_gap
-from bort_jax._src.masking import check_rules
 from bort_jax._src.masking import kernel_mask
+from bort_jax._src.nnx_views import nnx_views
 from bort_jax._src.plan import ViewGuessWarning
 from bort_jax._src.plan import describe
 from bort_jax._src.projection import orthogonalize
 from bort_jax._src.projection import polar_newton_schulz
-from bort_jax._src.projection import polar_svd
 from bort_jax._src.projection import project_row_norms
 from bort_jax._src.transform import BortCorrectionState
 from bort_jax._src.transform import add_bort_correction
 from bort_jax._src.views import KernelView
-from bort_jax._src.views import LAYOUTS
 from bort_jax._src.views import default_view
 from bort_jax._src.views import from_matrix
-from bort_jax._src.views import infer_view
-from bort_jax._src.views import path_str
 from bort_jax._src.views import to_matrix
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+__all__ = (
+    "BortCorrectionState",
+    "GapStats",
+    "KernelView",
+    "LayerIO",
+    "MODES",
+    "ViewGuessWarning",
+    "add_bort_correction",
+    "add_dbort_term",
+    "bort_adamw",
+    "bort_correction",
+    "bort_penalty",
+    "bort_sgd",
+    "capture_linen_io",
+    "conv_io",
+    "dbort_loss",
+    "default_view",
+    "dense_io",
+    "describe",
+    "from_matrix",
+    "gap_summary",
+    "kernel_mask",
+    "matrix_gap",
+    "nnx_views",
+    "orthogonality_gap",
+    "orthogonalize",
+    "polar_newton_schulz",
+    "project_row_norms",
+    "to_matrix",
+    "torch_momentum",
+)

@@ -51,7 +51,8 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
     model_names: names `create_model` accepts.
     dataset_names: names the loader accepts; None skips the check (TFDS accepts open-ended names).
     bort_modes: the correction modes of `bort_jax` (checked only for the Bort optimizers).
-    check_rules: `bort_jax.check_rules`, run on `config.bort_rules` (None skips the check).
+    check_rules: raises ValueError for bad `config.bort_rules` (e.g. building `bort_jax.add_bort_correction`
+      with them); None skips the check.
   """
   _one_of(config, "model", model_names)
   if dataset_names is not None:

@@ -28,9 +28,12 @@ def bort_rules(config: ml_collections.ConfigDict) -> list[tuple[str, float]] | N
   return [tuple(rule) for rule in config.bort_rules] or None
 
 
-def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
+def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, views=None
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optimizer, learning-rate schedule) for `config.optimizer`."""
+  """Returns (optimizer, learning-rate schedule) for `config.optimizer`.
+
+  `views` are `bort_jax` kernel-view rules, e.g. `bort_jax.nnx_views(model)`.
+  """
   lr = learning_rate_schedule(config, steps_per_epoch)
   alpha = "adaptive" if config.adaptive_alpha else config.alpha
   momentum = config.momentum or None
@@ -40,14 +43,14 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int
   elif config.optimizer == "bort_sgd":
     tx = bort_jax.bort_sgd(lr, config.gamma, momentum=config.momentum,
                            weight_decay=config.weight_decay, nesterov=config.nesterov,
-                           alpha=alpha, mode=config.bort_mode, rules=bort_rules(config))
+                           alpha=alpha, mode=config.bort_mode, rules=bort_rules(config), views=views)
   elif config.optimizer == "adamw":
     tx = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
                      weight_decay=config.weight_decay)
   elif config.optimizer == "bort_adamw":
     tx = bort_jax.bort_adamw(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps,
                              weight_decay=config.weight_decay, alpha=alpha, mode=config.bort_mode,
-                             rules=bort_rules(config))
+                             rules=bort_rules(config), views=views)
   else:
     raise ValueError(f"config.optimizer={config.optimizer!r} is not accepted; accepted values: "
                      "'sgd', 'bort_sgd', 'adamw', 'bort_adamw'.")

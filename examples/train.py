@@ -58,7 +58,7 @@ def validate(config: ml_collections.ConfigDict):
   """Checks every config field (ValueError naming the field and the accepted values)."""
   config_validation.validate_config(config, model_names=sorted(models_lib.MODELS),
                                     dataset_names=sorted(data_lib.NORMALIZATION),
-                                    bort_modes=bort_jax.MODES, check_rules=bort_jax.check_rules)
+                                    bort_modes=bort_jax.MODES, check_rules=lambda rules: bort_jax.add_bort_correction(0.0, rules=[tuple(r) for r in rules]))
   if config.dbort_lambda > 0 and not supports_capture(config.model):
     accepted = ", ".join(repr(n) for n in sorted(models_lib.MODELS) if supports_capture(n))
     raise ValueError(f"config.model={config.model!r} is not accepted with dbort_lambda > 0; accepted "
@@ -201,6 +201,29 @@ def _epoch_summary(sums: dict[str, jax.Array]) -> dict[str, float]:
           "accuracy": float(sums["correct"] / sums["count"])}
 
 
+def load_splits(config: ml_collections.ConfigDict, data_dir: str | None = None):
+  """((train images, labels), (eval images, labels)) of `config`, as `train_and_evaluate` uses them.
+
+  `config.eval_split = "holdout"` evaluates on a validation split held out of the training split (the last
+  10% of every class, `data.holdout_split`) and trains on the rest; `config.train_limit` then keeps the
+  first N of the remaining training rows, so the held-out rows never enter training.
+  """
+  data_dir = data_dir or config.data_dir or None
+  train_images, train_labels = data_lib.load_arrays(config.dataset, "train", data_dir)
+  if config.eval_split == data_lib.HOLDOUT_SPLIT:
+    if not isinstance(train_labels, np.ndarray):
+      raise ValueError(f"config.eval_split={config.eval_split!r} is not accepted for the lazy TFDS dataset "
+                       f"{config.dataset!r}; accepted values: a split of that dataset (e.g. 'validation').")
+    train_rows, eval_rows = data_lib.holdout_split(train_labels)
+    test_images, test_labels = train_images[eval_rows], train_labels[eval_rows]
+    train_images, train_labels = train_images[train_rows], train_labels[train_rows]
+  else:
+    test_images, test_labels = data_lib.load_arrays(config.dataset, config.eval_split, data_dir)
+  if config.train_limit:
+    train_images, train_labels = train_images[:config.train_limit], train_labels[:config.train_limit]
+  return (train_images, train_labels), (test_images, test_labels)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
                        data_dir: str | None = None) -> tuple[TrainState, dict[str, Any]]:
   """Trains `config` in `workdir`; returns the final state and results (also in results.json).
@@ -220,11 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   is_chief = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
 
-  data_dir = data_dir or config.data_dir or None
-  train_images, train_labels = data_lib.load_arrays(config.dataset, "train", data_dir)
-  test_images, test_labels = data_lib.load_arrays(config.dataset, config.eval_split, data_dir)
-  if config.train_limit:
-    train_images, train_labels = train_images[:config.train_limit], train_labels[:config.train_limit]
+  (train_images, train_labels), (test_images, test_labels) = load_splits(config, data_dir)
   num_classes = config.num_classes or data_lib.num_classes(train_labels)
   loader = data_lib.TrainLoader(train_images, train_labels, config.batch_size, seed=config.seed,
                                 augment=None if config.augment == "none" else config.augment,
@@ -232,10 +251,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   steps_per_epoch = loader.steps_per_epoch
   total_steps = config.num_epochs * steps_per_epoch
 
-  tx, lr_schedule = optimizers.create_optimizer(config, steps_per_epoch)
-  state, graphs = create_train_state(create_model(config, num_classes), tx)
+  model = create_model(config, num_classes)
+  views = bort_jax.nnx_views(model)  # exact kernel views from the module types, no guessing
+  tx, lr_schedule = optimizers.create_optimizer(config, steps_per_epoch, views=views)
+  state, graphs = create_train_state(model, tx)
   if is_chief and config.optimizer.startswith("bort"):
-    print(bort_jax.describe(state.params, mode=config.bort_mode, rules=optimizers.bort_rules(config)))
+    print(bort_jax.describe(state.params, mode=config.bort_mode, rules=optimizers.bort_rules(config), views=views))
   state = sharding.replicate(state, mesh)
   train_step = make_train_step(graphs, tx, config, steps_per_epoch)
   eval_step = make_eval_step(graphs, config)
@@ -291,7 +312,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   checkpointer.close()  # the last epoch's checkpoint is the final one; a stopped run saves nothing more.
 
   results = {"completed": completed, "step": step, "epochs": config.num_epochs, "model": config.model,
-             "dataset": config.dataset, "optimizer": config.optimizer, "seed": config.seed}
+             "dataset": config.dataset, "optimizer": config.optimizer, "seed": config.seed,
+             "eval_split": config.eval_split}  # "test_*" below are on this split ("holdout": validation).
   if completed and is_chief:
     final = log.read()[-1]
     results.update({k: final[k] for k in ("train_loss", "train_accuracy", "test_loss",

@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 import bort_jax as bj
+from bort_jax._src.views import path_str
 
 
 def delta_of(params, **kwargs):
@@ -78,7 +79,7 @@ def test_linen_scan_without_metadata_warns_and_takes_the_leading_axis_as_stacked
       return scan(self, x, None)[0]
 
   params = nn.unbox(Plain().init(jax.random.PRNGKey(1), jnp.ones((2, 8)))["params"])
-  path, kernel = [(bj.path_str(p), k) for p, k in jax.tree_util.tree_leaves_with_path(params) if k.ndim == 3][0]
+  path, kernel = [(path_str(p), k) for p, k in jax.tree_util.tree_leaves_with_path(params) if k.ndim == 3][0]
   with pytest.warns(bj.ViewGuessWarning, match=path):
     delta = delta_of(params)
   assert_per_layer(jax.tree.leaves(delta)[[l.ndim for l in jax.tree.leaves(params)].index(3)], kernel)
@@ -210,3 +211,30 @@ def test_a_view_that_does_not_fit_or_matches_nothing_fails_at_init():
     bj.bort_sgd(0.1, 0.1, rules=[("head/kernel", 0.0)]).init(params)
   with pytest.raises(ValueError, match="views regex"):
     bj.orthogonalize(views=[("x/kernel", None)]).init(params)
+
+
+def test_nnx_views_reads_the_module_types_of_a_model():
+  class Block(nnx.Module):
+    def __init__(self, rngs):
+      self.shortcut = nnx.Sequential(nnx.Conv(3, 4, (1, 1), rngs=rngs))
+      self.q_einsum = nnx.Einsum("BTD,NDH->BTNH", (4, 16, 8), rngs=rngs)
+      self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=8, qkv_features=8, decode=False, rngs=rngs)
+      self.general = nnx.LinearGeneral((4, 2), (3,), axis=(-2, -1), rngs=rngs)
+
+  @nnx.vmap(in_axes=0, out_axes=0)
+  def stack(key):
+    return nnx.Linear(5, 7, rngs=nnx.Rngs(key))
+
+  model = Block(nnx.Rngs(9))
+  model.layers = stack(jax.random.split(jax.random.PRNGKey(10), 3))
+  views = dict(bj.nnx_views(model))
+  assert views[r"shortcut/layers/0/kernel"] == bj.KernelView((0, 1, 2), (3,))
+  assert views["q_einsum/kernel"] == bj.KernelView((1,), (0, 2))
+  assert views["attn/query/kernel"] == bj.KernelView((0,), (1, 2))
+  assert views["attn/out/kernel"] == bj.KernelView((0, 1), (2,))
+  assert views["general/kernel"] == bj.KernelView((0, 1), (2,))
+  assert views["layers/kernel"] == bj.KernelView((1,), (2,), (0,))
+  state = nnx.state(model, nnx.Param)
+  with _NoGuess():
+    delta = delta_of(state, views=bj.nnx_views(model))
+  assert_per_layer(delta["layers"]["kernel"][...], state["layers"]["kernel"][...])

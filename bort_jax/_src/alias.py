@@ -123,7 +123,16 @@ def bort_sgd(
 
   References:
     Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded Orthogonal Constraint", ICLR 2023.
+
+  Example:
+    >>> import jax.numpy as jnp, bort_jax as bj
+    >>> params = {"fc": {"kernel": 2.0 * jnp.eye(2)}}
+    >>> tx = bj.bort_sgd(learning_rate=0.1, gamma=0.5, momentum=0.9)
+    >>> updates, state = tx.update({"fc": {"kernel": jnp.zeros((2, 2))}}, tx.init(params), params)
+    >>> jnp.diag(updates["fc"]["kernel"])  # −η·γ·Δ = −0.1·0.5·6
+    Array([-0.3, -0.3], dtype=float32)
   """
+
   _check_sgd_args(learning_rate, momentum, dampening, weight_decay, nesterov, weight_decay_mask)
   return optax.chain(
       transform.add_bort_correction(
@@ -166,6 +175,14 @@ def bort_adamw(
 
   References:
     Zhang et al., ICLR 2023; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+
+  Example:
+    >>> import jax.numpy as jnp, bort_jax as bj
+    >>> params = {"fc": {"kernel": 2.0 * jnp.eye(2)}}
+    >>> tx = bj.bort_adamw(learning_rate=0.1, gamma=0.5, weight_decay=0.0)
+    >>> updates, state = tx.update({"fc": {"kernel": jnp.zeros((2, 2))}}, tx.init(params), params)
+    >>> jnp.diag(updates["fc"]["kernel"])  # zero gradient: only −η·γ·Δ, not Adam-scaled
+    Array([-0.3, -0.3], dtype=float32)
   """
   _check_adamw_args(learning_rate, b1, b2, eps, weight_decay, weight_decay_mask)
   if callable(learning_rate):

@@ -52,6 +52,11 @@ def dbort_loss(outputs: Any, lam: float = 1e-3, beta: float = 0.1) -> jax.Array:
 
   Returns:
     A float32 scalar to add to the task loss.
+
+  Example:
+    >>> import jax.numpy as jnp, bort_jax as bj
+    >>> bj.dbort_loss({"fc1": jnp.full((4, 3), 2.0)}, lam=1e-3, beta=0.5)  # −1e-3 · mean(4)^0.5
+    Array(-0.002, dtype=float32)
   """
   _check_lam_beta(lam, beta)
   energies = [jnp.mean(jnp.square(y.astype(jnp.float32))) for y in jax.tree_util.tree_leaves(outputs)]
@@ -110,12 +115,24 @@ def add_dbort_term(
   """Adds the layer-local DBort gradient from activations passed as the extra arg ``dbort_activations``.
 
   ``update(updates, state, params, dbort_activations={"Dense_0/kernel": LayerIO(x, y), ...})``: keys are
-  kernel paths as :func:`bort_jax.path_str` prints them; a sibling ``bias`` leaf gets its gradient too.
+  kernel paths as :func:`bort_jax.describe` lists them; a sibling ``bias`` leaf gets its gradient too.
   Steps without activations leave the updates unchanged. Place it before momentum / Adam in a chain, as a
   gradient term.
 
   References:
     Zhang et al., ICLR 2023 (Bort), and the DBort extension in the authors' reference code (exps/pca.py).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, bort_jax as bj
+    >>> params = {"fc": {"kernel": jnp.eye(2)}}
+    >>> tx = optax.chain(bj.add_dbort_term(lam=1.0, beta=1.0), optax.sgd(1.0))
+    >>> x = jnp.array([[1.0, 0.0]]); y = x @ params["fc"]["kernel"]
+    >>> u, _ = tx.update({"fc": {"kernel": jnp.zeros((2, 2))}}, tx.init(params), params,
+    ...                  dbort_activations={"fc/kernel": bj.dense_io(x, y)})
+    >>> u["fc"]["kernel"][0, 0]  # −lr · ∂(−mean(y²))/∂W: grows the weight the data excites
+    Array(1., dtype=float32)
+    >>> float(jnp.abs(u["fc"]["kernel"][1]).max())  # the input that is never active: no change
+    0.0
   """
   _check_lam_beta(lam, beta)
   views_lib.check_layout(layout)

@@ -75,6 +75,12 @@ def orthogonality_gap(
   """``{"module/kernel": GapStats}`` for every constrained kernel of ``params``; jit-able, sharding-aware.
 
   Measure it on the trained weights before any BatchNorm folding: folding rescales units.
+
+  Example:
+    >>> import jax.numpy as jnp, bort_jax as bj
+    >>> gaps = bj.orthogonality_gap({"fc": {"kernel": jnp.eye(3)}})
+    >>> float(gaps["fc/kernel"].offdiag), float(gaps["fc/kernel"].diag)
+    (0.0, 0.0)
   """
   km.check_precision(precision)
   plan, treedef = plan_lib.plan_kernels(params, mask, None, layout, views)

@@ -36,7 +36,13 @@ def is_kernel(names: Sequence[str], ndim: int, layout: str = "flax") -> bool:
 
 
 def kernel_mask(params: Any, layout: str = "flax") -> Any:
-  """Boolean pytree: ``True`` at conv/dense/attention kernels of ``params``."""
+  """Boolean pytree: ``True`` at conv/dense/attention kernels of ``params``.
+
+  Example:
+    >>> import jax.numpy as jnp, bort_jax as bj
+    >>> bj.kernel_mask({"fc": {"kernel": jnp.ones((3, 2)), "bias": jnp.ones(2)}})
+    {'fc': {'bias': False, 'kernel': True}}
+  """
   views.check_layout(layout)
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: is_kernel(views.path_names(path), getattr(leaf, "ndim", 0), layout), params)

@@ -99,7 +99,16 @@ def project_row_norms(
     layout: str = "flax",
     views: Optional[views_lib.ViewRules] = None,
 ) -> optax.GradientTransformation:
-  """Rescales every output unit with ``‖wᵢ‖ > max_norm`` back to ``max_norm`` after the step."""
+  """Rescales every output unit with ``‖wᵢ‖ > max_norm`` back to ``max_norm`` after the step.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, bort_jax as bj
+    >>> params = {"fc": {"kernel": jnp.array([[3.0, 0.5], [4.0, 0.0]])}}  # unit norms 5 and 0.5
+    >>> tx = bj.project_row_norms(1.0)
+    >>> u, _ = tx.update({"fc": {"kernel": jnp.zeros((2, 2))}}, tx.init(params), params)
+    >>> [[round(v, 4) for v in row] for row in optax.apply_updates(params, u)["fc"]["kernel"].tolist()]
+    [[0.6, 0.5], [0.8, 0.0]]
+  """
   validation.check_positive("max_norm", max_norm)
 
   def project(k):
@@ -129,6 +138,15 @@ def orthogonalize(
       ill-conditioned kernels.
     precision: matmul precision of the Newton–Schulz Gram (``"highest"`` by default).
     mask, layout, views: see :func:`bort_jax.add_bort_correction`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, bort_jax as bj
+    >>> params = {"fc": {"kernel": jax.random.normal(jax.random.PRNGKey(0), (8, 4))}}
+    >>> tx = bj.orthogonalize(alpha=1.0, method="svd")
+    >>> u, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    >>> w = optax.apply_updates(params, u)["fc"]["kernel"]
+    >>> bool(jnp.allclose(w.T @ w, jnp.eye(4), atol=1e-5))  # orthonormal output units
+    True
   """
   validation.check_one_of("method", method, METHODS)
   validation.check_positive("alpha", alpha)

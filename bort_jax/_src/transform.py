@@ -171,6 +171,16 @@ def add_bort_correction(
   Returns:
     An ``optax.GradientTransformation``; its ``update`` requires ``params``.
 
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, bort_jax as bj
+    >>> params = {"fc": {"kernel": 2.0 * jnp.eye(2), "bias": jnp.zeros(2)}}
+    >>> tx = optax.chain(bj.add_bort_correction(gamma=0.5), optax.sgd(1.0))
+    >>> updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    >>> jnp.diag(updates["fc"]["kernel"])  # −γ·(WWᵀW − W) = −0.5·(8 − 2)
+    Array([-3., -3.], dtype=float32)
+    >>> float(jnp.abs(updates["fc"]["bias"]).max())  # biases are never constrained
+    0.0
+
   References:
     Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded Orthogonal Constraint", ICLR 2023.
   """

@@ -10,6 +10,7 @@ import pytest
 
 import bort_jax
 from bort_jax import explain
+from bort_jax._src.projection import polar_svd
 
 
 def _orthogonal(rng, n, alpha=1.0):
@@ -184,7 +185,7 @@ def test_orthogonal_kernels_reconstruct_real_digits_better_than_gaussian_ones():
   x = jnp.asarray(digits.reshape(64, 14, 2, 14, 2, 1).mean((2, 4)), jnp.float32) / 255.0  # 14x14 keeps it fast
   rng = np.random.default_rng(8)
   gaussian = [jnp.asarray(rng.normal(size=(196, 196)) / 14.0, jnp.float32) for _ in range(2)]
-  orthogonal = [bort_jax.polar_svd(k) for k in gaussian]
+  orthogonal = [polar_svd(k) for k in gaussian]
 
   def psnr_by_depth(params):
     fns = {d: functools.partial(_relu_mlp_features, depth=d) for d in (1, 2)}
