@@ -24,7 +24,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Data: `examples.data.load_arrays(dataset, split, data_dir)`; data_dir "" means $BORT_DATA_DIR / TFDS.
   c.dataset = "mnist"
   c.data_dir = ""
-  c.eval_split = "test"  # ImageNet (TFDS): "validation".
+  c.eval_split = "test"  # ImageNet (TFDS): "validation"; "holdout": last 10% per class of the train split.
   c.augment = "none"  # "none" | "cifar" (pad-4 crop + flip) | "imagenet" (random-resized crop + flip).
   c.image_size = 0  # side of ImageNet-style crops (0: the pipeline's default, 224).
   c.num_classes = 0  # 0: max(train label) + 1.

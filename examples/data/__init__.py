@@ -10,9 +10,11 @@
 
 from examples.data.augment import imagenet_eval, imagenet_train, random_crop_flip
 from examples.data.pipeline import AUGMENTATIONS, TrainLoader, eval_batches, normalize, steps_per_epoch
-from examples.data.sources import (EMBEDDED_DATASET, LOCAL_DATASETS, NORMALIZATION, Normalization,
-                                   RecordColumn, load_arrays, normalization, num_classes)
+from examples.data.sources import (EMBEDDED_DATASET, HOLDOUT_FRACTION, HOLDOUT_SPLIT, LOCAL_DATASETS,
+                                   NORMALIZATION, Normalization, RecordColumn, holdout_split, load_arrays,
+                                   normalization, num_classes)
 
-__all__ = ["load_arrays", "num_classes", "normalization", "Normalization", "NORMALIZATION", "RecordColumn",
+__all__ = ["load_arrays", "holdout_split", "HOLDOUT_SPLIT", "HOLDOUT_FRACTION", "num_classes", "normalization",
+           "Normalization", "NORMALIZATION", "RecordColumn",
            "LOCAL_DATASETS", "EMBEDDED_DATASET", "TrainLoader", "eval_batches", "steps_per_epoch",
            "normalize", "AUGMENTATIONS", "random_crop_flip", "imagenet_train", "imagenet_eval"]

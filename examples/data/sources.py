@@ -18,6 +18,8 @@ from examples.data._parallel import parallel_map
 LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 EMBEDDED_DATASET = "mnist_small"
 LOCAL_SPLITS = ("train", "test")
+HOLDOUT_SPLIT = "holdout"  # config.eval_split value: a validation split held out of the training split.
+HOLDOUT_FRACTION = 0.1
 _ASSET = pathlib.Path(__file__).resolve().parent.parent / "assets" / "mnist_small.npz"
 
 
@@ -137,6 +139,25 @@ class RecordColumn(Sequence):
     if self.key == "label":
       return np.asarray(values, np.int32)
     return [np.asarray(v, np.uint8) for v in values]
+
+
+def holdout_split(labels: np.ndarray, fraction: float = HOLDOUT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+  """Stratified, deterministic validation split of a training split: (train rows, holdout rows).
+
+  For every class, the last ``round(fraction * n_class)`` of its examples (in stored order) are held out;
+  both index arrays are sorted, disjoint and cover every row. No randomness, so every run (and every
+  process of a sweep) holds out the same rows.
+  """
+  labels = np.asarray(labels)
+  if not 0 < fraction < 1:
+    raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
+  holdout = np.zeros(len(labels), bool)
+  for c in np.unique(labels):
+    rows = np.flatnonzero(labels == c)
+    k = int(round(fraction * len(rows)))
+    if k:
+      holdout[rows[len(rows) - k:]] = True
+  return np.flatnonzero(~holdout), np.flatnonzero(holdout)
 
 
 def num_classes(labels) -> int:

@@ -1,0 +1,679 @@
+"""Choosing γ: accuracy against explainability for Bort-SGD / Bort-AdamW, with tuned baselines (issue 12).
+
+    nice -n 19 python -m benchmarks.gamma_sweep --dataset mnist --model mlp --stage all
+    nice -n 19 python -m benchmarks.gamma_sweep --dataset mnist --model mlp --stage baselines   # or one stage
+
+Stages, each resumable (a finished setting is one line of `gamma_sweep_<dataset>_<model>.jsonl` beside the
+Markdown; rerunning skips every setting already there, and a run killed mid-setting continues from its last
+epoch checkpoint in `--workdir`):
+
+1. `baselines`: SGD and AdamW over a small learning-rate × weight-decay grid (`BASELINE_GRID`), trained on
+   the training split minus a held-out validation split (the last 10% of every class,
+   `examples.data.holdout_split`; `config.eval_split = "holdout"` in the trainer) and scored on it.
+2. `bort`: Bort-SGD / Bort-AdamW at their baseline's best (validation) learning rate and weight decay, γ
+   over the half-decade log grid `GAMMAS` (from no measurable effect to a clear accuracy loss),
+   α ∈ {1, adaptive}, modes l2-full and l1-full. Per setting: validation accuracy, mean off-diagonal orthogonality gap
+   (`mean_offdiag_gap` of the trainer) and the PSNR of the reconstruction of 1,000 validation images from
+   the last feature layer (`bort_jax.explain.reconstruction_by_depth`, x̂ = J(x)ᵀ f(x) / ∏α; raw and
+   fitted-scale PSNR, every depth stored).
+3. `final`: the selected settings — per family the tuned baseline, the Bort setting with the best
+   validation accuracy and the Bort setting with the highest validation PSNR whose validation accuracy is
+   within `--tolerance` of the baseline's (default: one binomial standard error of the baseline's
+   validation accuracy) — retrained on the whole training split with `--seeds` (default 0 1 2) and scored
+   on the test split. Selection (`select`) reads `val_*` fields only; the test split is never used for a
+   choice.
+4. `report`: `gamma_sweep_<dataset>_<model>.md` (selected settings with test accuracy mean ± std, gap, PSNR;
+   the whole validation sweep; the exact commands) and `.png` (validation accuracy and PSNR against γ, log
+   axis, one line per optimizer/α/mode, tuned baseline as a band). Every other stage rewrites both after
+   each finished setting. `all` runs the four in order.
+
+Every run goes through `examples.train.train_and_evaluate` (the example trainer: same data pipeline,
+cosine schedule after a linear warmup of min(0.5, epochs/4) epochs, batch 128, float32, no augmentation).
+Records from other machines or processes merge with `--merge-from OTHER.jsonl ...` (settings not yet here
+are appended); only records with this invocation's epoch budget, batch size and `--train-limit` are read.
+
+Epoch budget. Measured on the shared 2-core CPU (load 5-6 from other jobs) with one run each on the
+54,000 training images: MLP (784-256-256-10) 2 epochs in 7 s with SGD and 18 s with Bort-SGD (≈ 2.5 / 7 s per
+epoch; the Bort Gram products dominate), LeNet-5 1 epoch in 44 s with SGD and 61 s with Bort-SGD, each
+including ~3-8 s of compilation, per-epoch validation, checkpoints and reconstruction PSNR. A (dataset, model)
+sweep is 12 baseline + 56 Bort (7 γ × 2 α × 2 modes × 2 optimizers) + at most 18 final runs (6 settings ×
+3 seeds). The defaults, 10 epochs for the MLP (≈ 30 s per baseline run, 75 s per Bort run: ≤ 1.6 h per
+sweep) and 3 for LeNet-5 (≈ 120 s / 165 s: ≤ 3.7 h per sweep), keep each sweep within a few CPU hours and all
+four within about 11 at that load (the first MNIST-MLP sweep, under lighter load, took 20 s per SGD/AdamW
+and 25-35 s per Bort run at 10 epochs: ≈ 40 min). The committed tables of `mnist_table.py` train 15 / 10 epochs; the shorter budgets
+lower absolute accuracy a little (LeNet-5 ≈ 99.0 % instead of 99.2 % on MNIST) but every optimizer gets the
+same budget, which is what the comparison needs. `--epochs` and `--train-limit` shrink runs for smoke tests.
+CIFAR-10 is not swept: a CNN sweep would not fit this CPU budget, and the shared copy is JPEG-compressed.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shlex
+import pathlib
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from bort_jax.explain import reconstruction
+from examples import data as data_lib
+from examples import models as models_lib
+from examples import train
+from examples.configs import mnist_lenet
+from examples.configs import mnist_mlp
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DATASETS = ("mnist", "fashion_mnist")
+# CLI model name -> (trainer model name, config module whose baseline recipes (momentum, b1/b2) are used).
+MODELS = {"mlp": ("mlp", mnist_mlp), "lenet": ("lenet5", mnist_lenet)}
+EPOCHS = {"mlp": 10, "lenet": 3}  # see "Epoch budget" above
+FAMILIES = ("sgd", "adamw")
+BASELINE_GRID = {
+    "sgd": {"learning_rate": (0.02, 0.05, 0.1), "weight_decay": (1e-4, 5e-4)},
+    "adamw": {"learning_rate": (3e-4, 1e-3, 3e-3), "weight_decay": (1e-4, 1e-2)},
+}
+# BortS moves a weight by ~lr·γ/(1 - momentum) per step, BortA by lr·γ (not Adam-scaled): at the recipes'
+# learning rates (0.05 with momentum 0.9, 1e-3) equal corrections need γ_adamw = 500 γ_sgd, hence the grids.
+GAMMAS = {"sgd": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+          "adamw": (0.05, 0.15, 0.5, 1.5, 5.0, 15.0, 50.0)}
+ALPHAS = ("1", "adaptive")
+MODES = ("l2-full", "l1-full")
+# Kernels whose ReLU outputs are the feature depths, in forward order; the last is "the last feature layer".
+FEATURE_LAYERS = {"mlp": ("layers/0", "layers/1"), "lenet5": ("conv1", "conv2", "fc1", "fc2")}
+# PSNR used for the "most explainable" selection: raw for the MLP (1/∏α is its exact inverse scale when the
+# layers are orthogonal); fitted for LeNet-5, whose overlapping 5×5 patches and pooling make 1/∏α only an
+# estimate (as in benchmarks/explain_report.py).
+PSNR_METRIC = {"mlp": "psnr", "lenet5": "psnr_fitted"}
+NUM_RECONSTRUCTED = 1000
+HOLDOUT = data_lib.HOLDOUT_SPLIT
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One training run; `key` identifies it in the JSONL file (every field that changes the result)."""
+  stage: str  # "baselines" | "bort" | "final"
+  dataset: str
+  model: str  # trainer model name ("mlp", "lenet5")
+  optimizer: str
+  learning_rate: float
+  weight_decay: float
+  gamma: float = 0.0
+  alpha: str = ""  # "1" | "adaptive" (Bort only)
+  mode: str = ""
+  seed: int = 0
+  split: str = HOLDOUT  # "holdout" (validation, sweep stages) | "test" (final stage)
+  epochs: int = 1
+  batch_size: int = 128
+  train_limit: int = 0
+
+  @property
+  def family(self) -> str:
+    return self.optimizer.removeprefix("bort_")
+
+  @property
+  def is_bort(self) -> bool:
+    return self.optimizer.startswith("bort_")
+
+  @property
+  def key(self) -> str:
+    bort = f" gamma={self.gamma:g} alpha={self.alpha} mode={self.mode}" if self.is_bort else ""
+    return (f"{self.dataset} {self.model} {self.optimizer} lr={self.learning_rate:g} "
+            f"wd={self.weight_decay:g}{bort} seed={self.seed} split={self.split} epochs={self.epochs} "
+            f"batch={self.batch_size} limit={self.train_limit}")
+
+  @property
+  def dirname(self) -> str:
+    return self.key.replace(" ", "_").replace("=", "")
+
+  def hyperparameters(self) -> dict:
+    """The optimizer's settings, as compared across stages (a final run re-uses a sweep setting's)."""
+    return {k: getattr(self, k) for k in ("optimizer", "learning_rate", "weight_decay", "gamma", "alpha", "mode")}
+
+
+# ----------------------------------------------------------------------------------------------- records
+
+
+def read_records(path: pathlib.Path) -> list[dict]:
+  """Records of a JSONL file, first one per key; a line cut short by a kill is ignored."""
+  records, seen = [], set()
+  if not path.exists():
+    return records
+  for line in path.read_text().splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and "key" in record and record["key"] not in seen:
+      seen.add(record["key"])
+      records.append(record)
+  return records
+
+
+def append_record(path: pathlib.Path, record: dict):
+  """Appends one record as one line, flushed to disk (a finished setting survives a kill right after)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+  with open(path, "a") as f:
+    f.write(("\n" if cut else "") + json.dumps(record, sort_keys=True) + "\n")  # a cut line stays apart
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def merge_records(path: pathlib.Path, others: Iterable[pathlib.Path]) -> int:
+  """Appends the records of `others` whose keys `path` lacks; returns how many."""
+  have = {r["key"] for r in read_records(path)}
+  added = 0
+  for other in others:
+    for record in read_records(pathlib.Path(other)):
+      if record["key"] not in have:
+        append_record(path, record)
+        have.add(record["key"])
+        added += 1
+  return added
+
+
+# -------------------------------------------------------------------------------------------- selection
+
+
+def _val(record: dict, field: str) -> float:
+  """A validation number of `record` (NaN, e.g. a diverged run's PSNR, ranks last)."""
+  value = record.get(f"val_{field}")
+  return -math.inf if value is None or not math.isfinite(value) else float(value)
+
+
+def _best(records: Sequence[dict], field: str) -> dict | None:
+  """The record with the highest `val_<field>`; ties go to the earliest (grid order)."""
+  best = None
+  for r in records:
+    if best is None or _val(r, field) > _val(best, field):
+      best = r
+  return best
+
+
+def binomial_se(accuracy: float, count: int) -> float:
+  return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(count, 1))
+
+
+def select(records: Sequence[dict], family: str, psnr_metric: str, tolerance: float | None = None) -> dict:
+  """The selected settings of one family, from validation numbers only (`val_*` fields of sweep records).
+
+  Returns {"baseline": record, "bort_best_accuracy": record | None, "bort_max_psnr": record | None,
+  "tolerance": float}: the baseline with the best validation accuracy; among the Bort records at that
+  baseline's learning rate and weight decay, the one with the best validation accuracy and the one with the
+  highest validation `psnr_metric` whose accuracy is at least the baseline's minus `tolerance` (None: one
+  binomial standard error of the baseline's validation accuracy).
+  """
+  baselines = [r for r in records if r["stage"] == "baselines" and r["optimizer"] == family]
+  baseline = _best(baselines, "accuracy")
+  if baseline is None:
+    return {"baseline": None, "bort_best_accuracy": None, "bort_max_psnr": None, "tolerance": tolerance}
+  if tolerance is None:
+    tolerance = binomial_se(baseline["val_accuracy"], baseline["val_count"])
+  borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{family}"
+           and r["learning_rate"] == baseline["learning_rate"] and r["weight_decay"] == baseline["weight_decay"]]
+  holding = [r for r in borts if _val(r, "accuracy") >= baseline["val_accuracy"] - tolerance]
+  return {"baseline": baseline, "bort_best_accuracy": _best(borts, "accuracy"),
+          "bort_max_psnr": _best(holding, psnr_metric), "tolerance": tolerance}
+
+
+ROLES = {"baseline": "tuned baseline", "bort_best_accuracy": "Bort, best val. accuracy",
+         "bort_max_psnr": "Bort, max val. PSNR with accuracy held"}
+
+
+# ----------------------------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass
+class Sweep:
+  """One (dataset, model) sweep: its grids, budget and files."""
+  dataset: str
+  cli_model: str
+  epochs: int
+  batch_size: int = 128
+  train_limit: int = 0
+  families: Sequence[str] = FAMILIES
+  grid: dict = dataclasses.field(default_factory=lambda: {f: dict(g) for f, g in BASELINE_GRID.items()})
+  gammas: dict = dataclasses.field(default_factory=lambda: dict(GAMMAS))
+  alphas: Sequence[str] = ALPHAS
+  modes: Sequence[str] = MODES
+  seeds: Sequence[int] = (0, 1, 2)
+  tolerance: float | None = None
+  out: pathlib.Path = REPO / "benchmarks" / "results"
+  workdir: pathlib.Path = REPO / "runs" / "gamma_sweep"
+  data_dir: str | None = None
+  command: str = ""
+  keep_workdirs: bool = False
+
+  @property
+  def model(self) -> str:
+    return MODELS[self.cli_model][0]
+
+  @property
+  def name(self) -> str:
+    return f"gamma_sweep_{self.dataset}_{self.cli_model}"
+
+  @property
+  def jsonl(self) -> pathlib.Path:
+    return pathlib.Path(self.out) / f"{self.name}.jsonl"
+
+  @property
+  def psnr_metric(self) -> str:
+    return PSNR_METRIC[self.model]
+
+  def setting(self, stage: str, optimizer: str, lr: float, wd: float, **kw) -> Setting:
+    return Setting(stage=stage, dataset=self.dataset, model=self.model, optimizer=optimizer, learning_rate=lr,
+                   weight_decay=wd, epochs=self.epochs, batch_size=self.batch_size, train_limit=self.train_limit,
+                   **kw)
+
+  def records(self) -> list[dict]:
+    """This budget's records (other epoch budgets, batch sizes or train limits are left out)."""
+    budget = dict(dataset=self.dataset, model=self.model, epochs=self.epochs, batch_size=self.batch_size,
+                  train_limit=self.train_limit)
+    return [r for r in read_records(self.jsonl) if all(r.get(k) == v for k, v in budget.items())]
+
+  # -- the settings of each stage
+
+  def baseline_settings(self) -> list[Setting]:
+    return [self.setting("baselines", f, lr, wd) for f in self.families
+            for lr in self.grid[f]["learning_rate"] for wd in self.grid[f]["weight_decay"]]
+
+  def bort_settings(self, records: Sequence[dict]) -> list[Setting]:
+    settings = []
+    for family in self.families:
+      baseline = self._complete_baseline(records, family)
+      settings += [self.setting("bort", f"bort_{family}", baseline["learning_rate"], baseline["weight_decay"],
+                                gamma=g, alpha=a, mode=m)
+                   for m in self.modes for a in self.alphas for g in self.gammas[family]]
+    return settings
+
+  def _complete_baseline(self, records, family):
+    keys = {r["key"] for r in records}
+    missing = [s.key for s in self.baseline_settings() if s.family == family and s.key not in keys]
+    if missing:
+      raise SystemExit(f"{len(missing)} baseline setting(s) of {family} not finished (e.g. {missing[0]!r}); "
+                       "run --stage baselines first.")
+    return select(records, family, self.psnr_metric)["baseline"]
+
+  def selected(self, records: Sequence[dict]) -> dict[str, dict]:
+    return {f: select(records, f, self.psnr_metric, self.tolerance) for f in self.families}
+
+  def final_settings(self, records: Sequence[dict]) -> list[Setting]:
+    for family in self.families:
+      self._complete_baseline(records, family)
+    settings, seen = [], set()
+    for family, chosen in self.selected(records).items():
+      if chosen["bort_best_accuracy"] is None:
+        raise SystemExit(f"no Bort-{family} record at the baseline's lr/wd; run --stage bort first.")
+      for role in ROLES:
+        record = chosen[role]
+        if record is None or record["key"] in seen:
+          continue
+        seen.add(record["key"])
+        settings += [self.setting("final", record["optimizer"], record["learning_rate"], record["weight_decay"],
+                                  gamma=record["gamma"], alpha=record["alpha"], mode=record["mode"], seed=seed,
+                                  split="test") for seed in self.seeds]
+    return settings
+
+  # -- running
+
+  def run_all(self, settings: Sequence[Setting]):
+    done = {r["key"] for r in read_records(self.jsonl)}
+    todo = [s for s in settings if s.key not in done]
+    print(f"{self.name}: {len(settings) - len(todo)} of {len(settings)} settings already finished, "
+          f"{len(todo)} to run", flush=True)
+    for i, setting in enumerate(todo, 1):
+      record = run_setting(setting, self.cli_model, self.workdir / self.name, self.data_dir, self.command,
+                           keep_workdir=self.keep_workdirs)
+      append_record(self.jsonl, record)
+      split = "val" if setting.split == HOLDOUT else "test"
+      print(f"[{i}/{len(todo)}] {setting.key}: {split} acc {record[f'{split}_accuracy']:.4f} gap "
+            f"{record['gap']:.4f} PSNR {record[f'{split}_psnr']:.2f} fitted {record[f'{split}_psnr_fitted']:.2f} dB "
+            f"({record['seconds']:.0f}s)", flush=True)
+      write_report(self)
+
+
+def make_config(setting: Setting, cli_model: str) -> ml_collections.ConfigDict:
+  """The trainer config of one setting: the model's baseline recipe with the setting's fields."""
+  config = MODELS[cli_model][1].get_config(setting.family)
+  config.update(dict(
+      dataset=setting.dataset, model=setting.model, optimizer=setting.optimizer,
+      learning_rate=float(setting.learning_rate), weight_decay=float(setting.weight_decay), seed=setting.seed,
+      eval_split=setting.split, num_epochs=setting.epochs, warmup_epochs=min(0.5, setting.epochs / 4),
+      batch_size=setting.batch_size, eval_batch_size=1000, train_limit=setting.train_limit,
+      checkpoint_every_steps=0, keep_checkpoints=1, progress_bar=False))
+  if setting.is_bort:
+    config.update(dict(gamma=float(setting.gamma), alpha=1.0, adaptive_alpha=setting.alpha == "adaptive",
+                       bort_mode=setting.mode, bort_rules=()))
+  train.validate(config)
+  return config
+
+
+def _lookup(tree, path: str):
+  for part in path.split("/"):
+    tree = tree[int(part)] if part.isdigit() and int(part) in tree else tree[part]
+  return tree
+
+
+def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray
+                           ) -> dict[str, dict[str, float]]:
+  """Reconstruction MSE / PSNR / fitted PSNR from every feature depth of the trained model, on `images`.
+
+  Features are the ReLU outputs of the layers in `FEATURE_LAYERS`, read from the model's sown
+  pre-activations (`capture=True`, the DBort hook), so the model's own forward pass is differentiated. The
+  inputs are the normalized images the model sees; PSNR uses their range 1/std as the peak, i.e. it equals
+  the PSNR in [0, 1] pixel space.
+  """
+  stats = data_lib.normalization(config.dataset)
+  if len(stats.std) != 1:
+    raise ValueError(f"config.dataset={config.dataset!r} is not accepted; accepted values: grayscale datasets.")
+  model = models_lib.create_model(config.model, num_classes=10, rngs=nnx.Rngs(0), use_bias=config.use_bias,
+                                  capture=True, **dict(config.model_kwargs))
+  model.eval()
+  graph = nnx.split(model, nnx.Param, ...)[0]
+  layers = FEATURE_LAYERS[config.model]
+
+  def features_fn(layer):
+    def fn(params, x):
+      net = nnx.merge(graph, params, state.model_state)
+      _, sown = nnx.capture(net, nnx.Intermediate)(x)
+      return jax.nn.relu(_lookup(nnx.to_pure_dict(sown), layer)["preact"][0])
+    return fn
+
+  @jax.jit
+  def measure(params, x):
+    scales = reconstruction.depth_scales([_lookup(params, layer)["kernel"] for layer in layers])
+    return reconstruction.reconstruction_by_depth({l: features_fn(l) for l in layers}, params, x,
+                                                  dict(zip(layers, scales)), peak=1.0 / stats.std[0])
+
+  x = jnp.asarray(data_lib.normalize(images[:NUM_RECONSTRUCTED], stats))
+  out = jax.device_get(measure(jax.device_get(state.params), x))
+  return {layer: {k: float(v) for k, v in m.items()} for layer, m in out.items()}
+
+
+def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_dir: str | None,
+                command: str = "", keep_workdir: bool = False) -> dict:
+  """Trains one setting with `examples.train.train_and_evaluate` and returns its record."""
+  config = make_config(setting, cli_model)
+  run_dir = workdir / setting.dirname
+  start = time.time()
+  state, results = train.train_and_evaluate(config, str(run_dir), resume=True, data_dir=data_dir)
+  _, (eval_images, eval_labels) = train.load_splits(config, data_dir)
+  recon = reconstruction_metrics(config, state, eval_images)
+  last = recon[FEATURE_LAYERS[setting.model][-1]]
+  split = "val" if setting.split == HOLDOUT else "test"
+  record = dataclasses.asdict(setting) | {
+      "key": setting.key, f"{split}_accuracy": results["test_accuracy"], f"{split}_loss": results["test_loss"],
+      f"{split}_count": int(len(eval_labels)), "train_accuracy": results["train_accuracy"],
+      "gap": results["mean_offdiag_gap"], f"{split}_psnr": last["psnr"], f"{split}_psnr_fitted": last["psnr_fitted"],
+      f"{split}_reconstruction": recon, "seconds": time.time() - start, "command": command,
+      "jax": jax.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+  if not keep_workdir:
+    shutil.rmtree(run_dir, ignore_errors=True)
+  return record
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _fmt_alpha(alpha: str) -> str:
+  return "adaptive" if alpha == "adaptive" else "1"
+
+
+def _describe(record: dict) -> str:
+  text = f"{record['optimizer']}, lr={record['learning_rate']:g}, wd={record['weight_decay']:g}"
+  if record["optimizer"].startswith("bort_"):
+    text += f", γ={record['gamma']:g}, α={_fmt_alpha(record['alpha'])}, {record['mode']}"
+  return text
+
+
+def _mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+  values = scale * np.asarray(values, float)
+  if not len(values):
+    return "—"
+  return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+
+
+def _final_runs(records: Sequence[dict], record: dict) -> list[dict]:
+  want = {k: record[k] for k in ("optimizer", "learning_rate", "weight_decay", "gamma", "alpha", "mode")}
+  return [r for r in records if r["stage"] == "final" and all(r[k] == v for k, v in want.items())]
+
+
+def verdict(test_bort: Sequence[float], test_base: Sequence[float]) -> str:
+  """"above" / "level with" / "below": the difference of means against twice its standard error."""
+  if len(test_bort) < 2 or len(test_base) < 2:
+    return "not yet measured (fewer than 2 seeds)"
+  diff = np.mean(test_bort) - np.mean(test_base)
+  se = math.sqrt(np.var(test_bort, ddof=1) / len(test_bort) + np.var(test_base, ddof=1) / len(test_base))
+  word = "level with" if abs(diff) <= 2 * se else ("above" if diff > 0 else "below")
+  return f"{word} the tuned baseline ({100 * diff:+.2f} pt, standard error of the difference {100 * se:.2f} pt)"
+
+
+def gamma_ranges(records: Sequence[dict], chosen: dict, psnr_metric: str, rise_db: float = 0.5) -> list[str]:
+  """Per Bort line (α, mode): the γ values whose validation accuracy holds and whose PSNR rises."""
+  baseline, tolerance = chosen["baseline"], chosen["tolerance"]
+  if baseline is None:
+    return []
+  lines = []
+  borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{baseline['optimizer']}"
+           and r["learning_rate"] == baseline["learning_rate"] and r["weight_decay"] == baseline["weight_decay"]]
+  for alpha, mode in sorted({(r["alpha"], r["mode"]) for r in borts}):
+    line = sorted((r for r in borts if (r["alpha"], r["mode"]) == (alpha, mode)), key=lambda r: r["gamma"])
+    holds = [r["gamma"] for r in line if _val(r, "accuracy") >= baseline["val_accuracy"] - tolerance]
+    both = [r["gamma"] for r in line if r["gamma"] in holds
+            and _val(r, psnr_metric) > _val(baseline, psnr_metric) + rise_db]
+    fmt = lambda gs: ", ".join(f"{g:g}" for g in gs) or "none"
+    lines.append(f"- bort_{baseline['optimizer']}, α={_fmt_alpha(alpha)}, {mode}: accuracy held at γ ∈ {{{fmt(holds)}}}; "
+                 f"held with PSNR > baseline + {rise_db} dB at γ ∈ {{{fmt(both)}}}.")
+  return lines
+
+
+def write_report(sweep: Sweep):
+  """Rewrites the Markdown table and the PNG from this budget's records (partial sweeps included)."""
+  records = sweep.records()
+  chosen = sweep.selected(records)
+  out = pathlib.Path(sweep.out)
+  md = out / f"{sweep.name}.md"
+  metric, metric_name = sweep.psnr_metric, "raw" if sweep.psnr_metric == "psnr" else "fitted-scale"
+  val_count = next((r["val_count"] for r in records if "val_count" in r), None)
+  lines = [f"# Choosing γ: {sweep.dataset} / {sweep.model}", "",
+           f"Budget: {sweep.epochs} epochs per run for every optimizer (batch {sweep.batch_size}, cosine decay after "
+           f"a linear warmup of min(0.5, epochs/4) epochs, no augmentation"
+           + (f", first {sweep.train_limit} training images" if sweep.train_limit else "") + "). "
+           f"Sweep stages train on the training split minus a stratified validation split (the last 10% of every "
+           f"class{f', {val_count} images' if val_count else ''}) and are scored on it; the selected settings "
+           f"are retrained on the whole training split with seeds {list(sweep.seeds)} and scored on the test split. "
+           "Selection reads validation numbers only. PSNR: reconstruction x̂ = J(x)ᵀ f(x) / ∏α of 1,000 images "
+           f"from the last feature layer ({FEATURE_LAYERS[sweep.model][-1]}); the selection uses the {metric_name} "
+           "PSNR. Gap: mean over kernels of the off-diagonal orthogonality gap (`bort_jax.orthogonality_gap`).", "",
+           f"![validation accuracy and PSNR against γ]({sweep.name}.png)", "",
+           "## Selected settings (train → test)", "",
+           "| family | role | settings | val. acc. (%) | test acc. (%) | Δ vs baseline (pt) | gap | PSNR (dB) "
+           "| fitted PSNR (dB) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+  verdicts = []
+  for family, pick in chosen.items():
+    base_runs = _final_runs(records, pick["baseline"]) if pick["baseline"] else []
+    base_acc = [r["test_accuracy"] for r in base_runs]
+    for role, label in ROLES.items():
+      record = pick[role]
+      if record is None:
+        continue
+      runs = _final_runs(records, record)
+      acc = [r["test_accuracy"] for r in runs]
+      delta = (f"{100 * (np.mean(acc) - np.mean(base_acc)):+.2f}" if role != "baseline" and acc and base_acc
+               else "—")
+      lines.append(f"| {family} | {label} | {_describe(record)} | {100 * record['val_accuracy']:.2f} | "
+                   f"{_mean_std(acc, 100)} | {delta} | {_mean_std([r['gap'] for r in runs], digits=4)} | "
+                   f"{_mean_std([r['test_psnr'] for r in runs])} | {_mean_std([r['test_psnr_fitted'] for r in runs])}"
+                   f" | {len(runs)} |")
+      if role != "baseline":
+        verdicts.append(f"- {family}, {label} ({_describe(record)}): test accuracy "
+                        f"{verdict(acc, base_acc)}.")
+  lines += ["", "## Verdict", "",
+            "Above / level / below: the difference of the test means against twice its standard error "
+            "(seeds as samples).", ""] + (verdicts or ["- no final runs yet."])
+  lines += ["", f"γ ranges (validation): accuracy held = validation accuracy ≥ the tuned baseline's minus the "
+            "tolerance; PSNR rises = "
+            f"{metric_name} PSNR more than 0.5 dB above the baseline's.", ""]
+  for family, pick in chosen.items():
+    if pick["baseline"] is not None:
+      lines.append(f"- {family}: tuned baseline {_describe(pick['baseline'])}, validation accuracy "
+                   f"{100 * pick['baseline']['val_accuracy']:.2f} %, {metric_name} PSNR "
+                   f"{pick['baseline']['val_' + metric]:.2f} dB; tolerance {100 * pick['tolerance']:.2f} pt.")
+    lines += gamma_ranges(records, pick, metric)
+  lines += ["", "## Validation sweep (seed 0)", "",
+            "| stage | optimizer | lr | wd | γ | α | mode | val. acc. (%) | gap | PSNR (dB) | fitted PSNR (dB) | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in sorted((r for r in records if r["stage"] != "final"),
+                  key=lambda r: (r["stage"] != "baselines", r["optimizer"], r["mode"], r["alpha"], r["gamma"],
+                                 r["learning_rate"], r["weight_decay"])):
+    bort = r["optimizer"].startswith("bort_")
+    lines.append(f"| {r['stage']} | {r['optimizer']} | {r['learning_rate']:g} | {r['weight_decay']:g} | "
+                 f"{r['gamma']:g} | {_fmt_alpha(r['alpha']) if bort else '—'} | {r['mode'] or '—'} | "
+                 f"{100 * r['val_accuracy']:.2f} | {r['gap']:.4f} | {r['val_psnr']:.2f} | "
+                 f"{r['val_psnr_fitted']:.2f} | {r['seconds']:.0f} |")
+  commands = list(dict.fromkeys(r["command"] for r in records if r.get("command")))
+  jax_versions = sorted({r.get("jax", "?") for r in records})
+  lines += ["", "## Exactly what was run", "",
+            *(f"- `python -m benchmarks.gamma_sweep {c}`" for c in commands),
+            f"- Records (one line per finished setting, with every depth's reconstruction numbers): `{sweep.jsonl.name}`.",
+            f"- Data: `{sweep.dataset}.npz` of the shared offline copy; models `{sweep.model}` with biases, float32; "
+            f"jax {', '.join(jax_versions) or jax.__version__}; 2 shared CPU cores (seconds are wall time with other "
+            "jobs running, not comparable across rows).",
+            "- Optimizers: baselines as in `examples/optimizers.py` (SGD momentum 0.9 with coupled weight decay, "
+            "AdamW b1=0.9, b2=0.999 with decoupled decay); Bort corrects every dense/conv kernel (classifier "
+            "included, as the example recipes do)."]
+  out.mkdir(parents=True, exist_ok=True)
+  md.write_text("\n".join(lines) + "\n")
+  write_plot(sweep, records, chosen, out / f"{sweep.name}.png")
+
+
+def write_plot(sweep: Sweep, records: Sequence[dict], chosen: dict, path: pathlib.Path):
+  """Validation accuracy, PSNR and fitted PSNR against γ (log axis): one column per family."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  families = [f for f in sweep.families if chosen[f]["baseline"] is not None]
+  if not families:
+    return
+  rows = (("accuracy", "val. accuracy (%)", 100.0), ("psnr", "PSNR (dB), last feature layer", 1.0),
+          ("psnr_fitted", "fitted PSNR (dB), last feature layer", 1.0))
+  fig, axes = plt.subplots(len(rows), len(families), figsize=(5.5 * len(families), 9), squeeze=False)
+  colors, styles = {"l2-full": "tab:blue", "l1-full": "tab:orange"}, {"1": "-", "adaptive": "--"}
+  for col, family in enumerate(families):
+    pick = chosen[family]
+    base = pick["baseline"]
+    borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{family}"
+             and r["learning_rate"] == base["learning_rate"] and r["weight_decay"] == base["weight_decay"]]
+    grid = [r for r in records if r["stage"] == "baselines" and r["optimizer"] == family]
+    gammas = sorted({r["gamma"] for r in borts}) or [1.0]
+    for row, (field, label, scale) in enumerate(rows):
+      ax = axes[row, col]
+      x_lo, x_hi = gammas[0] / 2, gammas[-1] * 2
+      value = scale * base[f"val_{field}"]
+      if field == "accuracy":
+        half = scale * binomial_se(base["val_accuracy"], base["val_count"])
+        lo, hi, band = value - half, value + half, "tuned baseline ± 1 s.e."
+      else:
+        values = [scale * r[f"val_{field}"] for r in grid if math.isfinite(r[f"val_{field}"])]
+        lo, hi, band = min(values), max(values), "baseline lr×wd grid (min–max)"
+      ax.fill_between([x_lo, x_hi], lo, hi, color="0.8", alpha=0.6, label=band)
+      ax.plot([x_lo, x_hi], [value, value], color="k", lw=1, ls=":", label=f"tuned {family}")
+      for mode in sweep.modes:
+        for alpha in sweep.alphas:
+          line = sorted((r for r in borts if r["mode"] == mode and r["alpha"] == alpha), key=lambda r: r["gamma"])
+          if line:
+            ax.plot([r["gamma"] for r in line], [scale * r[f"val_{field}"] for r in line], marker="o", ms=4,
+                    color=colors.get(mode), ls=styles.get(alpha, "-"),
+                    label=f"bort_{family} α={_fmt_alpha(alpha)} {mode}")
+      for role in ("bort_best_accuracy", "bort_max_psnr"):
+        if pick[role] is not None:
+          ax.plot([pick[role]["gamma"]], [scale * pick[role][f"val_{field}"]], marker="*", ms=12,
+                  color="crimson", ls="none", label="selected" if role == "bort_best_accuracy" else None)
+      ax.set_xscale("log")
+      ax.set_xlim(x_lo, x_hi)
+      ax.set(xlabel="γ", ylabel=label)
+      if field == "accuracy":
+        finite = [scale * r["val_accuracy"] for r in borts] + [lo]
+        ax.set_ylim(max(min(finite) - 0.2, value - 5.0), max(finite + [hi]) + 0.2)
+        ax.set_title(f"bort_{family} at lr={base['learning_rate']:g}, wd={base['weight_decay']:g}", fontsize=9)
+      ax.grid(alpha=0.3, which="both")
+    axes[0, col].legend(fontsize=6, loc="lower left")
+  fig.suptitle(f"{sweep.dataset} / {sweep.model}: validation accuracy and reconstruction PSNR against γ "
+               f"({sweep.epochs} epochs)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default="mnist", choices=DATASETS)
+  parser.add_argument("--model", default="mlp", choices=tuple(MODELS))
+  parser.add_argument("--stage", default="all", choices=("baselines", "bort", "final", "report", "all"))
+  parser.add_argument("--epochs", type=int, help="Epochs per run (default: 10 for mlp, 3 for lenet).")
+  parser.add_argument("--train-limit", type=int, default=0, help="Keep the first N training images (smoke runs).")
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+  for family in FAMILIES:
+    parser.add_argument(f"--{family}-lrs", type=float, nargs="+", default=list(BASELINE_GRID[family]["learning_rate"]))
+    parser.add_argument(f"--{family}-wds", type=float, nargs="+", default=list(BASELINE_GRID[family]["weight_decay"]))
+    parser.add_argument(f"--{family}-gammas", type=float, nargs="+", default=list(GAMMAS[family]))
+  parser.add_argument("--alphas", nargs="+", default=list(ALPHAS), choices=ALPHAS)
+  parser.add_argument("--modes", nargs="+", default=list(MODES))
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of the final stage.")
+  parser.add_argument("--tolerance", type=float,
+                      help="Accuracy (fraction) Bort may lose against the baseline on validation and still count as "
+                           "'held' (default: one binomial standard error of the baseline's validation accuracy).")
+  parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="Folder of the .md/.png/.jsonl.")
+  parser.add_argument("--workdir", default=str(REPO / "runs" / "gamma_sweep"),
+                      help="Per-run trainer folders (checkpoints for resuming a cut run; deleted once recorded).")
+  parser.add_argument("--keep-workdirs", action="store_true", help="Keep each finished run's trainer folder.")
+  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", str(REPO.parent / "shared" / "data")))
+  parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSONL",
+                      help="Append the records of these JSONL files (other machines/processes) that are not here yet.")
+  return parser.parse_args(argv)
+
+
+def sweep_from_args(args, command: str) -> Sweep:
+  grid = {f: {"learning_rate": tuple(getattr(args, f"{f}_lrs")), "weight_decay": tuple(getattr(args, f"{f}_wds"))}
+          for f in FAMILIES}
+  return Sweep(dataset=args.dataset, cli_model=args.model, epochs=args.epochs or EPOCHS[args.model],
+               batch_size=args.batch_size, train_limit=args.train_limit, families=tuple(args.families), grid=grid,
+               gammas={f: tuple(getattr(args, f"{f}_gammas")) for f in FAMILIES}, alphas=tuple(args.alphas),
+               modes=tuple(args.modes), seeds=tuple(args.seeds), tolerance=args.tolerance,
+               out=pathlib.Path(args.out), workdir=pathlib.Path(args.workdir), data_dir=args.data_dir,
+               command=command, keep_workdirs=args.keep_workdirs)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
+  sweep = sweep_from_args(args, shlex.join(argv))
+  if args.merge_from:
+    print(f"merged {merge_records(sweep.jsonl, map(pathlib.Path, args.merge_from))} record(s) into {sweep.jsonl}")
+  stages = ("baselines", "bort", "final") if args.stage == "all" else (args.stage,)
+  for stage in stages:
+    if stage == "baselines":
+      sweep.run_all(sweep.baseline_settings())
+    elif stage == "bort":
+      sweep.run_all(sweep.bort_settings(sweep.records()))
+    elif stage == "final":
+      sweep.run_all(sweep.final_settings(sweep.records()))
+  write_report(sweep)
+  print(f"wrote {pathlib.Path(sweep.out) / sweep.name}.md and .png", flush=True)
+
+
+if __name__ == "__main__":
+  main()
