@@ -1,5 +1,5 @@
-"""benchmarks/gamma_sweep.py: the held-out validation split, selection on validation numbers only, and a
-tiny end-to-end sweep (table, plot, resume) on a real MNIST slice."""
+"""benchmarks/gamma_sweep.py and gamma_sweep_report.py: the held-out validation split, selection on validation
+numbers only, and a tiny end-to-end sweep (table, plot, resume) on a real MNIST slice."""
 
 import json
 
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import gamma_sweep as gs
+from benchmarks import gamma_sweep_report as report
 from examples import data as data_lib
 from examples import train
 from examples.configs import mnist_mlp
@@ -85,12 +86,12 @@ def test_selection_follows_validation_where_test_disagrees():
       _record("bort", "bort_sgd", 0.1, 5e-4, 0.999, 0.999, val_psnr=50.0, test_psnr=50.0, gamma=1e-3,
               alpha="1", mode="l2-full"),
   ]
-  chosen = gs.select(records, "sgd", "psnr", tolerance=0.002)
+  chosen = report.select(records, "sgd", "psnr", tolerance=0.002)
   assert chosen["baseline"]["learning_rate"] == 0.05
   assert chosen["bort_best_accuracy"]["gamma"] == 1e-3
   assert chosen["bort_max_psnr"]["gamma"] == 1e-2  # 0.9785 >= 0.980 - 0.002, PSNR 15 > 12
   # the default tolerance is one binomial standard error of the baseline (0.0014 here): gamma=1e-2 drops out
-  assert gs.select(records, "sgd", "psnr")["bort_max_psnr"]["gamma"] == 1e-3
+  assert report.select(records, "sgd", "psnr")["bort_max_psnr"]["gamma"] == 1e-3
   # the final stage re-runs exactly the validation-selected settings, on the test split
   sweep = gs.Sweep(dataset="mnist", cli_model="mlp", epochs=1, families=("sgd",), seeds=(0, 1),
                    grid={"sgd": {"learning_rate": (0.1, 0.05), "weight_decay": (5e-4,)}}, tolerance=0.002)

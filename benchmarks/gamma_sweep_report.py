@@ -1,0 +1,271 @@
+"""Selection and report of the γ sweep of `benchmarks/gamma_sweep.py`, from its JSONL records.
+
+Selection (`select`) reads `val_*` fields only; the test split is never used for a choice. Per family: the
+tuned baseline, the Bort setting with the best validation accuracy and the Bort setting with the highest
+validation PSNR whose validation accuracy is within `--tolerance` of the baseline's (default: one binomial
+standard error of the baseline's validation accuracy). The `final` stage retrains these on the whole
+training split and scores them on the test split.
+
+Report: `gamma_sweep_<dataset>_<model>.md` (selected settings with test accuracy mean ± std, gap, PSNR and a
+verdict against the tuned baseline; γ ranges; the whole validation sweep; the exact commands) and `.png`
+(validation accuracy and PSNR against γ, log axis, one line per optimizer/α/mode, tuned baseline as a band).
+"""
+
+import math
+import pathlib
+import typing
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+if typing.TYPE_CHECKING:  # gamma_sweep imports this module at load time; only type checkers import it back
+  from benchmarks.gamma_sweep import Sweep
+
+
+# PSNR used for the "most explainable" selection: raw for the MLP (1/∏α is its exact inverse scale when the
+# layers are orthogonal); fitted for LeNet-5, whose overlapping 5×5 patches and pooling make 1/∏α only an
+# estimate (as in benchmarks/explain_report.py).
+PSNR_METRIC = {"mlp": "psnr", "lenet5": "psnr_fitted"}
+
+
+# -------------------------------------------------------------------------------------------- selection
+
+
+def _val(record: dict, field: str) -> float:
+  """A validation number of `record` (NaN, e.g. a diverged run's PSNR, ranks last)."""
+  value = record.get(f"val_{field}")
+  return -math.inf if value is None or not math.isfinite(value) else float(value)
+
+
+def _best(records: Sequence[dict], field: str) -> dict | None:
+  """The record with the highest `val_<field>`; ties go to the earliest (grid order)."""
+  best = None
+  for r in records:
+    if best is None or _val(r, field) > _val(best, field):
+      best = r
+  return best
+
+
+def binomial_se(accuracy: float, count: int) -> float:
+  return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(count, 1))
+
+
+def select(records: Sequence[dict], family: str, psnr_metric: str, tolerance: float | None = None) -> dict:
+  """The selected settings of one family, from validation numbers only (`val_*` fields of sweep records).
+
+  Returns {"baseline": record, "bort_best_accuracy": record | None, "bort_max_psnr": record | None,
+  "tolerance": float}: the baseline with the best validation accuracy; among the Bort records at that
+  baseline's learning rate and weight decay, the one with the best validation accuracy and the one with the
+  highest validation `psnr_metric` whose accuracy is at least the baseline's minus `tolerance` (None: one
+  binomial standard error of the baseline's validation accuracy).
+  """
+  baselines = [r for r in records if r["stage"] == "baselines" and r["optimizer"] == family]
+  baseline = _best(baselines, "accuracy")
+  if baseline is None:
+    return {"baseline": None, "bort_best_accuracy": None, "bort_max_psnr": None, "tolerance": tolerance}
+  if tolerance is None:
+    tolerance = binomial_se(baseline["val_accuracy"], baseline["val_count"])
+  borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{family}"
+           and r["learning_rate"] == baseline["learning_rate"] and r["weight_decay"] == baseline["weight_decay"]]
+  holding = [r for r in borts if _val(r, "accuracy") >= baseline["val_accuracy"] - tolerance]
+  return {"baseline": baseline, "bort_best_accuracy": _best(borts, "accuracy"),
+          "bort_max_psnr": _best(holding, psnr_metric), "tolerance": tolerance}
+
+
+ROLES = {"baseline": "tuned baseline", "bort_best_accuracy": "Bort, best val. accuracy",
+         "bort_max_psnr": "Bort, max val. PSNR with accuracy held"}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _fmt_alpha(alpha: str) -> str:
+  return "adaptive" if alpha == "adaptive" else "1"
+
+
+def _describe(record: dict) -> str:
+  text = f"{record['optimizer']}, lr={record['learning_rate']:g}, wd={record['weight_decay']:g}"
+  if record["optimizer"].startswith("bort_"):
+    text += f", γ={record['gamma']:g}, α={_fmt_alpha(record['alpha'])}, {record['mode']}"
+  return text
+
+
+def _mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+  values = scale * np.asarray(values, float)
+  if not len(values):
+    return "—"
+  return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+
+
+def _final_runs(records: Sequence[dict], record: dict) -> list[dict]:
+  want = {k: record[k] for k in ("optimizer", "learning_rate", "weight_decay", "gamma", "alpha", "mode")}
+  return [r for r in records if r["stage"] == "final" and all(r[k] == v for k, v in want.items())]
+
+
+def verdict(test_bort: Sequence[float], test_base: Sequence[float]) -> str:
+  """"above" / "level with" / "below": the difference of means against twice its standard error."""
+  if len(test_bort) < 2 or len(test_base) < 2:
+    return "not yet measured (fewer than 2 seeds)"
+  diff = np.mean(test_bort) - np.mean(test_base)
+  se = math.sqrt(np.var(test_bort, ddof=1) / len(test_bort) + np.var(test_base, ddof=1) / len(test_base))
+  word = "level with" if abs(diff) <= 2 * se else ("above" if diff > 0 else "below")
+  return f"{word} the tuned baseline ({100 * diff:+.2f} pt, standard error of the difference {100 * se:.2f} pt)"
+
+
+def gamma_ranges(records: Sequence[dict], chosen: dict, psnr_metric: str, rise_db: float = 0.5) -> list[str]:
+  """Per Bort line (α, mode): the γ values whose validation accuracy holds and whose PSNR rises."""
+  baseline, tolerance = chosen["baseline"], chosen["tolerance"]
+  if baseline is None:
+    return []
+  lines = []
+  borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{baseline['optimizer']}"
+           and r["learning_rate"] == baseline["learning_rate"] and r["weight_decay"] == baseline["weight_decay"]]
+  for alpha, mode in sorted({(r["alpha"], r["mode"]) for r in borts}):
+    line = sorted((r for r in borts if (r["alpha"], r["mode"]) == (alpha, mode)), key=lambda r: r["gamma"])
+    holds = [r["gamma"] for r in line if _val(r, "accuracy") >= baseline["val_accuracy"] - tolerance]
+    both = [r["gamma"] for r in line if r["gamma"] in holds
+            and _val(r, psnr_metric) > _val(baseline, psnr_metric) + rise_db]
+    fmt = lambda gs: ", ".join(f"{g:g}" for g in gs) or "none"
+    lines.append(f"- bort_{baseline['optimizer']}, α={_fmt_alpha(alpha)}, {mode}: accuracy held at γ ∈ {{{fmt(holds)}}}; "
+                 f"held with PSNR > baseline + {rise_db} dB at γ ∈ {{{fmt(both)}}}.")
+  return lines
+
+
+def write_report(sweep: "Sweep"):
+  """Rewrites the Markdown table and the PNG from this budget's records (partial sweeps included)."""
+  records = sweep.records()
+  chosen = sweep.selected(records)
+  out = pathlib.Path(sweep.out)
+  md = out / f"{sweep.name}.md"
+  metric, metric_name = sweep.psnr_metric, "raw" if sweep.psnr_metric == "psnr" else "fitted-scale"
+  val_count = next((r["val_count"] for r in records if "val_count" in r), None)
+  lines = [f"# Choosing γ: {sweep.dataset} / {sweep.model}", "",
+           f"Budget: {sweep.epochs} epochs per run for every optimizer (batch {sweep.batch_size}, cosine decay after "
+           f"a linear warmup of min(0.5, epochs/4) epochs, no augmentation"
+           + (f", first {sweep.train_limit} training images" if sweep.train_limit else "") + "). "
+           f"Sweep stages train on the training split minus a stratified validation split (the last 10% of every "
+           f"class{f', {val_count} images' if val_count else ''}) and are scored on it; the selected settings "
+           f"are retrained on the whole training split with seeds {list(sweep.seeds)} and scored on the test split. "
+           "Selection reads validation numbers only. PSNR: reconstruction x̂ = J(x)ᵀ f(x) / ∏α of 1,000 images "
+           f"from the last feature layer ({sweep.feature_layer}); the selection uses the {metric_name} "
+           "PSNR. Gap: mean over kernels of the off-diagonal orthogonality gap (`bort_jax.orthogonality_gap`).", "",
+           f"![validation accuracy and PSNR against γ]({sweep.name}.png)", "",
+           "## Selected settings (train → test)", "",
+           "| family | role | settings | val. acc. (%) | test acc. (%) | Δ vs baseline (pt) | gap | PSNR (dB) "
+           "| fitted PSNR (dB) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+  verdicts = []
+  for family, pick in chosen.items():
+    base_runs = _final_runs(records, pick["baseline"]) if pick["baseline"] else []
+    base_acc = [r["test_accuracy"] for r in base_runs]
+    for role, label in ROLES.items():
+      record = pick[role]
+      if record is None:
+        continue
+      runs = _final_runs(records, record)
+      acc = [r["test_accuracy"] for r in runs]
+      delta = (f"{100 * (np.mean(acc) - np.mean(base_acc)):+.2f}" if role != "baseline" and acc and base_acc
+               else "—")
+      lines.append(f"| {family} | {label} | {_describe(record)} | {100 * record['val_accuracy']:.2f} | "
+                   f"{_mean_std(acc, 100)} | {delta} | {_mean_std([r['gap'] for r in runs], digits=4)} | "
+                   f"{_mean_std([r['test_psnr'] for r in runs])} | {_mean_std([r['test_psnr_fitted'] for r in runs])}"
+                   f" | {len(runs)} |")
+      if role != "baseline":
+        verdicts.append(f"- {family}, {label} ({_describe(record)}): test accuracy "
+                        f"{verdict(acc, base_acc)}.")
+  lines += ["", "## Verdict", "",
+            "Above / level / below: the difference of the test means against twice its standard error "
+            "(seeds as samples).", ""] + (verdicts or ["- no final runs yet."])
+  lines += ["", f"γ ranges (validation): accuracy held = validation accuracy ≥ the tuned baseline's minus the "
+            "tolerance; PSNR rises = "
+            f"{metric_name} PSNR more than 0.5 dB above the baseline's.", ""]
+  for family, pick in chosen.items():
+    if pick["baseline"] is not None:
+      lines.append(f"- {family}: tuned baseline {_describe(pick['baseline'])}, validation accuracy "
+                   f"{100 * pick['baseline']['val_accuracy']:.2f} %, {metric_name} PSNR "
+                   f"{pick['baseline']['val_' + metric]:.2f} dB; tolerance {100 * pick['tolerance']:.2f} pt.")
+    lines += gamma_ranges(records, pick, metric)
+  lines += ["", "## Validation sweep (seed 0)", "",
+            "| stage | optimizer | lr | wd | γ | α | mode | val. acc. (%) | gap | PSNR (dB) | fitted PSNR (dB) | seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  for r in sorted((r for r in records if r["stage"] != "final"),
+                  key=lambda r: (r["stage"] != "baselines", r["optimizer"], r["mode"], r["alpha"], r["gamma"],
+                                 r["learning_rate"], r["weight_decay"])):
+    bort = r["optimizer"].startswith("bort_")
+    lines.append(f"| {r['stage']} | {r['optimizer']} | {r['learning_rate']:g} | {r['weight_decay']:g} | "
+                 f"{r['gamma']:g} | {_fmt_alpha(r['alpha']) if bort else '—'} | {r['mode'] or '—'} | "
+                 f"{100 * r['val_accuracy']:.2f} | {r['gap']:.4f} | {r['val_psnr']:.2f} | "
+                 f"{r['val_psnr_fitted']:.2f} | {r['seconds']:.0f} |")
+  commands = list(dict.fromkeys(r["command"] for r in records if r.get("command")))
+  jax_versions = sorted({r.get("jax", "?") for r in records})
+  lines += ["", "## Exactly what was run", "",
+            *(f"- `python -m benchmarks.gamma_sweep {c}`" for c in commands),
+            f"- Records (one line per finished setting, with every depth's reconstruction numbers): `{sweep.jsonl.name}`.",
+            f"- Data: `{sweep.dataset}.npz` of the shared offline copy; models `{sweep.model}` with biases, float32; "
+            f"jax {', '.join(jax_versions) or jax.__version__}; 2 shared CPU cores (seconds are wall time with other "
+            "jobs running, not comparable across rows).",
+            "- Optimizers: baselines as in `examples/optimizers.py` (SGD momentum 0.9 with coupled weight decay, "
+            "AdamW b1=0.9, b2=0.999 with decoupled decay); Bort corrects every dense/conv kernel (classifier "
+            "included, as the example recipes do)."]
+  out.mkdir(parents=True, exist_ok=True)
+  md.write_text("\n".join(lines) + "\n")
+  write_plot(sweep, records, chosen, out / f"{sweep.name}.png")
+
+
+def write_plot(sweep: "Sweep", records: Sequence[dict], chosen: dict, path: pathlib.Path):
+  """Validation accuracy, PSNR and fitted PSNR against γ (log axis): one column per family."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  families = [f for f in sweep.families if chosen[f]["baseline"] is not None]
+  if not families:
+    return
+  rows = (("accuracy", "val. accuracy (%)", 100.0), ("psnr", "PSNR (dB), last feature layer", 1.0),
+          ("psnr_fitted", "fitted PSNR (dB), last feature layer", 1.0))
+  fig, axes = plt.subplots(len(rows), len(families), figsize=(5.5 * len(families), 9), squeeze=False)
+  colors, styles = {"l2-full": "tab:blue", "l1-full": "tab:orange"}, {"1": "-", "adaptive": "--"}
+  for col, family in enumerate(families):
+    pick = chosen[family]
+    base = pick["baseline"]
+    borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{family}"
+             and r["learning_rate"] == base["learning_rate"] and r["weight_decay"] == base["weight_decay"]]
+    grid = [r for r in records if r["stage"] == "baselines" and r["optimizer"] == family]
+    gammas = sorted({r["gamma"] for r in borts}) or [1.0]
+    for row, (field, label, scale) in enumerate(rows):
+      ax = axes[row, col]
+      x_lo, x_hi = gammas[0] / 2, gammas[-1] * 2
+      value = scale * base[f"val_{field}"]
+      if field == "accuracy":
+        half = scale * binomial_se(base["val_accuracy"], base["val_count"])
+        lo, hi, band = value - half, value + half, "tuned baseline ± 1 s.e."
+      else:
+        values = [scale * r[f"val_{field}"] for r in grid if math.isfinite(r[f"val_{field}"])]
+        lo, hi, band = min(values), max(values), "baseline lr×wd grid (min–max)"
+      ax.fill_between([x_lo, x_hi], lo, hi, color="0.8", alpha=0.6, label=band)
+      ax.plot([x_lo, x_hi], [value, value], color="k", lw=1, ls=":", label=f"tuned {family}")
+      for mode in sweep.modes:
+        for alpha in sweep.alphas:
+          line = sorted((r for r in borts if r["mode"] == mode and r["alpha"] == alpha), key=lambda r: r["gamma"])
+          if line:
+            ax.plot([r["gamma"] for r in line], [scale * r[f"val_{field}"] for r in line], marker="o", ms=4,
+                    color=colors.get(mode), ls=styles.get(alpha, "-"),
+                    label=f"bort_{family} α={_fmt_alpha(alpha)} {mode}")
+      for role in ("bort_best_accuracy", "bort_max_psnr"):
+        if pick[role] is not None:
+          ax.plot([pick[role]["gamma"]], [scale * pick[role][f"val_{field}"]], marker="*", ms=12,
+                  color="crimson", ls="none", label="selected" if role == "bort_best_accuracy" else None)
+      ax.set_xscale("log")
+      ax.set_xlim(x_lo, x_hi)
+      ax.set(xlabel="γ", ylabel=label)
+      if field == "accuracy":
+        finite = [scale * r["val_accuracy"] for r in borts] + [lo]
+        ax.set_ylim(max(min(finite) - 0.2, value - 5.0), max(finite + [hi]) + 0.2)
+        ax.set_title(f"bort_{family} at lr={base['learning_rate']:g}, wd={base['weight_decay']:g}", fontsize=9)
+      ax.grid(alpha=0.3, which="both")
+    axes[0, col].legend(fontsize=6, loc="lower left")
+  fig.suptitle(f"{sweep.dataset} / {sweep.model}: validation accuracy and reconstruction PSNR against γ "
+               f"({sweep.epochs} epochs)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
