@@ -143,8 +143,7 @@ def add_dbort_term(
 
   def update_fn(updates, state, params=None, *, dbort_activations: Optional[Mapping[str, LayerIO]] = None, **extra):
     del extra
-    if params is None:
-      raise ValueError("add_dbort_term needs params: call update(updates, state, params, dbort_activations=...).")
+    validation.require_params("add_dbort_term", params, "update(updates, state, params, dbort_activations=...)")
     if not dbort_activations:
       return updates, state
     leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(params)

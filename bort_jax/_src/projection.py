@@ -77,8 +77,7 @@ def _projection(project, mask, layout, views) -> optax.GradientTransformation:
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("projections need params: call update(updates, state, params).")
+    validation.require_params("the projection", params)
     plan, treedef = plan_lib.plan_kernels(params, mask, None, layout, views)
     param_leaves = treedef.flatten_up_to(params)
     update_leaves = treedef.flatten_up_to(updates)

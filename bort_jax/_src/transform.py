@@ -88,8 +88,7 @@ def bort_correction_transform(
     return BortCorrectionState(count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    if params is None:
-      raise ValueError("add_bort_correction needs params: call update(updates, state, params).")
+    validation.require_params("add_bort_correction", params)
     validation.check_trees(updates, params)
     plan, treedef = plan_lib.plan_kernels(params, mask, rules, layout, views)
     gamma_t = gamma(state.count) if callable(gamma) else gamma

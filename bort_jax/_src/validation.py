@@ -147,6 +147,12 @@ def check_views(views: Any) -> Any:
   return _check_pairs("views", views, "(regex, KernelView | None | int >= 0)", view_ok)
 
 
+def require_params(transform: str, params: Any, call: str = "update(updates, state, params)") -> None:
+  """The one error for a transform whose ``update`` was called without ``params`` (Δ depends on them)."""
+  if params is None:
+    raise ValueError(f"{transform} needs params: call {call}.")
+
+
 def check_trees(tree: Any, params: Any, name: str = "updates", check_shapes: bool = True) -> None:
   """Raises ValueError if ``tree`` and ``params`` differ in structure or, with ``check_shapes``, leaf shapes.
 
