@@ -341,7 +341,7 @@ def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.Train
     return reconstruction.reconstruction_by_depth({l: features_fn(l) for l in layers}, params, x,
                                                   dict(zip(layers, scales)), peak=1.0 / stats.std[0])
 
-  x = jnp.asarray(data_lib.normalize(images[:NUM_RECONSTRUCTED], stats))
+  x = train.normalize_images(jnp.asarray(images[:NUM_RECONSTRUCTED]), stats)  # what the trainer feeds
   out = jax.device_get(measure(jax.device_get(state.params), x))
   return {layer: {k: float(v) for k, v in m.items()} for layer, m in out.items()}
 

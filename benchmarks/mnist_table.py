@@ -6,10 +6,10 @@
 
 Each cell is mean ± std over seeds of the final test accuracy and of the final orthogonality gap (RMS of
 the off-diagonal of the Gram of each constrained kernel, normalised by its mean diagonal, averaged over
-layers; `bort_jax.orthogonality_gap`). Runs use the example trainer's jitted step functions
-(`examples.train`) in-process, one compilation per (model, optimizer) shared by the seeds. Data:
-`--data-dir` or $BORT_DATA_DIR (`<dataset>.npz`), default `../shared/data` beside the repository.
-The table is rewritten after every finished (model, optimizer) cell, so a cut-short run still reports.
+layers; `bort_jax.orthogonality_gap`). Every run is the example trainer, `examples.train.train_and_evaluate`,
+in a temporary workdir; epochs default to the configs' `num_epochs`. Data: `--data-dir` or $BORT_DATA_DIR
+(`<dataset>.npz`), default `../shared/data` beside the repository. The table is rewritten after every
+finished (model, optimizer) cell, so a cut-short run still reports.
 """
 
 import argparse
@@ -18,23 +18,21 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
 import time
 
 import jax
 import ml_collections
 import numpy as np
 
-import bort_jax
-from examples import data as data_lib
 from examples import optimizers
-from examples import sharding
 from examples import train
 from examples.configs import mnist_lenet
 from examples.configs import mnist_mlp
 
 # Each model's recipes: examples/configs/mnist_{mlp,lenet}.py (the Fashion-MNIST files reuse them).
 CONFIGS = {"mlp": mnist_mlp, "lenet5": mnist_lenet}
-OPTIMIZERS = ("sgd", "bort_sgd", "adamw", "bort_adamw")
+OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
 MODELS = tuple(CONFIGS)
 
 
@@ -42,7 +40,7 @@ def make_config(dataset: str, model: str, optimizer: str, epochs: int, args) -> 
   config = CONFIGS[model].get_config(optimizer)
   config.update(dict(dataset=dataset, model=model, num_epochs=epochs, batch_size=args.batch_size,
                      eval_batch_size=1000, warmup_epochs=min(0.5, epochs / 4), progress_bar=False,
-                     train_limit=args.train_limit))
+                     train_limit=args.train_limit, num_classes=10))  # all --dataset choices have 10
   for override in args.set:
     key, value = override.split("=", 1)
     scope, field = key.split(".", 1) if "." in key else (None, key)
@@ -61,30 +59,18 @@ def _parse_value(text: str, current):
   return float(value) if isinstance(current, float) and isinstance(value, int) else value
 
 
-def run_cell(dataset: str, model: str, optimizer: str, epochs: int, seeds, data, mesh, args):
+def run_cell(dataset: str, model: str, optimizer: str, epochs: int, seeds, args):
   """Trains one (model, optimizer) for every seed; returns per-seed accuracy, gap and seconds."""
-  (train_images, train_labels), (test_images, test_labels) = data
   config = make_config(dataset, model, optimizer, epochs, args)
-  loader = data_lib.TrainLoader(train_images, train_labels, config.batch_size)
-  tx, _ = optimizers.create_optimizer(config, loader.steps_per_epoch)
-  _, graphs = train.create_train_state(train.create_model(config, 10), tx)
-  train_step, eval_step = train.make_train_step(graphs, tx, config, loader.steps_per_epoch), train.make_eval_step(graphs, config)
   runs = []
   for seed in seeds:
     start = time.time()
     config.seed = seed
-    loader = data_lib.TrainLoader(train_images, train_labels, config.batch_size, seed=seed)
-    state, _ = train.create_train_state(train.create_model(config, 10), tx)
-    state = sharding.replicate(state, mesh)
-    for epoch in range(epochs):
-      for batch in loader.epoch(epoch):
-        state, _ = train_step(state, sharding.shard_batch(
-            {"image": batch["image"], "label": batch["label"]}, mesh))
-    test = train.evaluate(eval_step, state, test_images, test_labels, config, mesh)
-    gaps = train.gap_metrics(jax.jit(bort_jax.orthogonality_gap)(state.params))
-    runs.append({"seed": seed, "test_accuracy": test["accuracy"], "gap": train.mean_gap(gaps),
+    with tempfile.TemporaryDirectory(prefix="mnist_table_") as workdir:  # only the numbers are kept
+      _, results = train.train_and_evaluate(config, workdir, data_dir=str(args.data_dir))
+    runs.append({"seed": seed, "test_accuracy": results["test_accuracy"], "gap": results["mean_offdiag_gap"],
                  "seconds": time.time() - start, "epochs": epochs, "settings": _settings(config)})
-    print(f"{dataset} {model} {optimizer} seed {seed}: acc {test['accuracy']:.4f} "
+    print(f"{dataset} {model} {optimizer} seed {seed}: acc {results['test_accuracy']:.4f} "
           f"gap {runs[-1]['gap']:.4f} ({runs[-1]['seconds']:.0f}s)", flush=True)
   return runs
 
@@ -92,8 +78,9 @@ def run_cell(dataset: str, model: str, optimizer: str, epochs: int, seeds, data,
 def _settings(config) -> str:
   fields = ["learning_rate", "weight_decay"]
   fields += ["momentum"] if "sgd" in config.optimizer else ["b1", "b2", "eps"]
-  fields += ["gamma", "alpha", "bort_mode"] if config.optimizer.startswith("bort") else []
-  fields += ["bort_rules"] if config.optimizer.startswith("bort") and config.bort_rules else []
+  bort = optimizers.OPTIMIZERS[config.optimizer].bort
+  fields += ["gamma", "alpha", "bort_mode"] if bort else []
+  fields += ["bort_rules"] if bort and config.bort_rules else []
   shown = {f: config[f] for f in fields}
   if "alpha" in shown and config.adaptive_alpha:
     shown["alpha"] = "adaptive"
@@ -158,8 +145,9 @@ def main():
   parser.add_argument("--data-dir", default=os.environ.get(
       "BORT_DATA_DIR", pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"))
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--mlp-epochs", type=int, default=8)
-  parser.add_argument("--lenet-epochs", type=int, default=2)
+  for model, flag in (("mlp", "--mlp-epochs"), ("lenet5", "--lenet-epochs")):
+    default = CONFIGS[model].get_config().num_epochs
+    parser.add_argument(flag, type=int, default=default, help=f"Default: the config's num_epochs, {default}.")
   parser.add_argument("--batch-size", type=int, default=128)
   parser.add_argument("--train-limit", type=int, default=0, help="Keep the first N training images.")
   parser.add_argument("--models", nargs="*", default=list(MODELS), choices=MODELS)
@@ -175,10 +163,6 @@ def main():
   args = parser.parse_args()
   command = " ".join(sys.argv[1:])
   started = time.time()
-  mesh = sharding.make_mesh()
-  data = tuple(data_lib.load_arrays(args.dataset, split, args.data_dir) for split in ("train", "test"))
-  if args.train_limit:
-    data = ((data[0][0][:args.train_limit], data[0][1][:args.train_limit]), data[1])
   epochs = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
   results, commands = _load_previous(args.out, epochs) if args.merge else ({}, [])
   for path in args.merge_from:
@@ -190,8 +174,7 @@ def main():
     write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
   for model in args.models:
     for optimizer in args.optimizers:
-      results[(model, optimizer)] = run_cell(args.dataset, model, optimizer, epochs[model], args.seeds,
-                                             data, mesh, args)
+      results[(model, optimizer)] = run_cell(args.dataset, model, optimizer, epochs[model], args.seeds, args)
       write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
 
 

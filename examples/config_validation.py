@@ -9,10 +9,10 @@ import numbers
 
 import ml_collections
 
-OPTIMIZERS = ("sgd", "bort_sgd", "adamw", "bort_adamw")
+from examples import optimizers
+
 LR_SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("none", "cifar", "imagenet")
-BORT_OPTIMIZERS = ("bort_sgd", "bort_adamw")
 
 
 def _fail(field: str, value, accepted: str):
@@ -59,10 +59,10 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
     _one_of(config, "dataset", dataset_names)
   elif not isinstance(config.dataset, str) or not config.dataset:
     _fail("dataset", config.dataset, "a non-empty dataset name")
-  _one_of(config, "optimizer", OPTIMIZERS)
+  _one_of(config, "optimizer", optimizers.OPTIMIZERS)
   _one_of(config, "lr_schedule", LR_SCHEDULES)
   _one_of(config, "augment", AUGMENTATIONS)
-  if config.optimizer in BORT_OPTIMIZERS and bort_modes:
+  if optimizers.OPTIMIZERS[config.optimizer].bort and bort_modes:
     _one_of(config, "bort_mode", bort_modes)
 
   positive = lambda v: v > 0

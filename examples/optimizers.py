@@ -3,7 +3,13 @@
 Baselines follow PyTorch so Bort-vs-baseline comparisons change one thing only: SGD gets coupled weight
 decay (g + wd * w, before momentum), AdamW decoupled decay. The Bort optimizers add
 gamma * Delta(M) to every constrained kernel (Zhang et al., "Bort", ICLR 2023).
+
+`OPTIMIZERS` is the one list of `config.optimizer` names: config validation, the benchmarks' choices and
+`create_optimizer` all read it.
 """
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import ml_collections
 import optax
@@ -28,30 +34,56 @@ def bort_rules(config: ml_collections.ConfigDict) -> list[tuple[str, float]] | N
   return [tuple(rule) for rule in config.bort_rules] or None
 
 
+def _alpha(config: ml_collections.ConfigDict):
+  return "adaptive" if config.adaptive_alpha else config.alpha
+
+
+def _sgd(config, lr, views):
+  del views  # no kernel is constrained
+  return optax.chain(optax.add_decayed_weights(config.weight_decay),
+                     optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov))
+
+
+def _bort_sgd(config, lr, views):
+  return bort_jax.bort_sgd(lr, config.gamma, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.nesterov, alpha=_alpha(config), mode=config.bort_mode,
+                           rules=bort_rules(config), views=views)
+
+
+def _adamw(config, lr, views):
+  del views
+  return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+
+
+def _bort_adamw(config, lr, views):
+  return bort_jax.bort_adamw(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps,
+                             weight_decay=config.weight_decay, alpha=_alpha(config), mode=config.bort_mode,
+                             rules=bort_rules(config), views=views)
+
+
+class OptimizerSpec(NamedTuple):
+  """One `config.optimizer` choice: how to build it and whether it applies the Bort correction."""
+  build: Callable[[ml_collections.ConfigDict, optax.Schedule, object], optax.GradientTransformation]
+  bort: bool  # whether config.gamma, alpha, bort_mode and bort_rules take effect
+
+
+# Insertion order is the order error messages list the names in.
+OPTIMIZERS = {
+    "sgd": OptimizerSpec(_sgd, bort=False),
+    "bort_sgd": OptimizerSpec(_bort_sgd, bort=True),
+    "adamw": OptimizerSpec(_adamw, bort=False),
+    "bort_adamw": OptimizerSpec(_bort_adamw, bort=True),
+}
+
+
 def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, views=None
                      ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns (optimizer, learning-rate schedule) for `config.optimizer`.
+  """Returns (optimizer, learning-rate schedule) for `config.optimizer` (a key of `OPTIMIZERS`).
 
   `views` are `bort_jax` kernel-view rules, e.g. `bort_jax.nnx_views(model)`.
   """
-  lr = learning_rate_schedule(config, steps_per_epoch)
-  alpha = "adaptive" if config.adaptive_alpha else config.alpha
-  momentum = config.momentum or None
-  if config.optimizer == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                     optax.sgd(lr, momentum=momentum, nesterov=config.nesterov))
-  elif config.optimizer == "bort_sgd":
-    tx = bort_jax.bort_sgd(lr, config.gamma, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.nesterov,
-                           alpha=alpha, mode=config.bort_mode, rules=bort_rules(config), views=views)
-  elif config.optimizer == "adamw":
-    tx = optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
-                     weight_decay=config.weight_decay)
-  elif config.optimizer == "bort_adamw":
-    tx = bort_jax.bort_adamw(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps,
-                             weight_decay=config.weight_decay, alpha=alpha, mode=config.bort_mode,
-                             rules=bort_rules(config), views=views)
-  else:
+  if config.optimizer not in OPTIMIZERS:
     raise ValueError(f"config.optimizer={config.optimizer!r} is not accepted; accepted values: "
-                     "'sgd', 'bort_sgd', 'adamw', 'bort_adamw'.")
-  return tx, lr
+                     f"{', '.join(repr(name) for name in OPTIMIZERS)}.")
+  lr = learning_rate_schedule(config, steps_per_epoch)
+  return OPTIMIZERS[config.optimizer].build(config, lr, views), lr

@@ -8,7 +8,6 @@ counter, data position = step) lives in that one pytree, checkpointed with Orbax
 """
 
 import dataclasses
-import inspect
 import os
 import time
 from typing import Any, NamedTuple
@@ -47,20 +46,13 @@ class ModelGraphs:
   eval: nnx.GraphDef
 
 
-def supports_capture(model_name: str) -> bool:
-  """Whether model `model_name` can sow its layer outputs (needed by the DBort loss term)."""
-  factory = models_lib.MODELS[model_name]
-  factory = getattr(factory, "func", factory)  # functools.partial presets
-  return "capture" in inspect.signature(factory.__init__).parameters
-
-
 def validate(config: ml_collections.ConfigDict):
   """Checks every config field (ValueError naming the field and the accepted values)."""
   config_validation.validate_config(config, model_names=sorted(models_lib.MODELS),
                                     dataset_names=sorted(data_lib.NORMALIZATION),
                                     bort_modes=bort_jax.MODES, check_rules=lambda rules: bort_jax.add_bort_correction(0.0, rules=[tuple(r) for r in rules]))
-  if config.dbort_lambda > 0 and not supports_capture(config.model):
-    accepted = ", ".join(repr(n) for n in sorted(models_lib.MODELS) if supports_capture(n))
+  if config.dbort_lambda > 0 and not models_lib.MODELS[config.model].sows_outputs:
+    accepted = ", ".join(repr(n) for n, spec in sorted(models_lib.MODELS.items()) if spec.sows_outputs)
     raise ValueError(f"config.model={config.model!r} is not accepted with dbort_lambda > 0; accepted "
                      f"values: {accepted} (models that sow their layer outputs).")
 
@@ -100,6 +92,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 def normalize_images(images: jax.Array, stats: data_lib.Normalization, dtype=jnp.float32) -> jax.Array:
   """uint8 NHWC -> (x / 255 - mean) / std in `dtype`, on device (hosts then ship 4x fewer bytes)."""
+  channels = images.shape[-1]
+  if len(stats.mean) != channels or len(stats.std) != channels:  # would broadcast silently
+    raise ValueError(f"normalization has {len(stats.mean)} channels, images have {channels}.")
   mean = jnp.asarray(stats.mean, jnp.float32)
   std = jnp.asarray(stats.std, jnp.float32)
   return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
@@ -201,6 +196,24 @@ def _epoch_summary(sums: dict[str, jax.Array]) -> dict[str, float]:
           "accuracy": float(sums["correct"] / sums["count"])}
 
 
+def _measure(state: TrainState, eval_step, gap_fn, images, labels, config: ml_collections.ConfigDict, mesh):
+  """End-of-epoch metrics of `state` as metrics-log fields, and the raw orthogonality gaps.
+
+  "train_*" come from the epoch's running sums inside `state`, so a state restored after its last epoch
+  gives the same numbers as the run that saved it.
+  """
+  train = _epoch_summary(state.epoch_metrics)
+  test = evaluate(eval_step, state, images, labels, config, mesh)
+  gaps = gap_fn(state.params)
+  return {"train_loss": train["loss"], "train_accuracy": train["accuracy"], "test_loss": test["loss"],
+          "test_accuracy": test["accuracy"], "orthogonality_gap": gap_metrics(gaps)}, gaps
+
+
+def is_chief_process() -> bool:
+  """Whether this process writes the run's files (process 0 of a multi-host run); all of them train."""
+  return jax.process_index() == 0
+
+
 def load_splits(config: ml_collections.ConfigDict, data_dir: str | None = None):
   """((train images, labels), (eval images, labels)) of `config`, as `train_and_evaluate` uses them.
 
@@ -228,6 +241,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
                        data_dir: str | None = None) -> tuple[TrainState, dict[str, Any]]:
   """Trains `config` in `workdir`; returns the final state and results (also in results.json).
 
+  Every process of a multi-host run returns the same results; only process 0 writes the files below
+  (Orbax checkpoints are written by all processes together).
+
   Writes `metrics.jsonl` (one record per epoch), `curves.png`, `config.json`, `results.json` and Orbax
   checkpoints under `workdir/checkpoints` (every `checkpoint_every_steps` and at each epoch end, so
   also at the end). With `resume`, continues from the newest checkpoint exactly as if the run had
@@ -240,7 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-  is_chief = jax.process_index() == 0
+  is_chief = is_chief_process()
   os.makedirs(workdir, exist_ok=True)
 
   (train_images, train_labels), (test_images, test_labels) = load_splits(config, data_dir)
@@ -255,7 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   views = bort_jax.nnx_views(model)  # exact kernel views from the module types, no guessing
   tx, lr_schedule = optimizers.create_optimizer(config, steps_per_epoch, views=views)
   state, graphs = create_train_state(model, tx)
-  if is_chief and config.optimizer.startswith("bort"):
+  if is_chief and optimizers.OPTIMIZERS[config.optimizer].bort:
     print(bort_jax.describe(state.params, mode=config.bort_mode, rules=optimizers.bort_rules(config), views=views))
   state = sharding.replicate(state, mesh)
   train_step = make_train_step(graphs, tx, config, steps_per_epoch)
@@ -274,6 +290,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     metrics_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   completed = True
+  record = None  # the last finished epoch's metrics-log record
   for epoch in range(step // steps_per_epoch, config.num_epochs):
     start = time.time()
     first = step - epoch * steps_per_epoch
@@ -293,20 +310,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     bar.close()
     if not completed:
       break
-    train = _epoch_summary(state.epoch_metrics)
-    test = evaluate(eval_step, state, test_images, test_labels, config, mesh)
-    gaps = gap_fn(state.params)
-    record = {"epoch": epoch + 1, "step": step, "learning_rate": float(lr_schedule(step - 1)),
-              "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-              "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-              "orthogonality_gap": gap_metrics(gaps), "seconds": time.time() - start}
+    measured, gaps = _measure(state, eval_step, gap_fn, test_images, test_labels, config, mesh)
+    record = {"epoch": epoch + 1, "step": step, "learning_rate": float(lr_schedule(step - 1)), **measured,
+              "seconds": time.time() - start}
     if is_chief:
       log.append(record)
       metrics_io.plot_curves(log.read(), os.path.join(workdir, "curves.png"),
                              title=f"{config.model} / {config.dataset} / {config.optimizer}")
-      print(f"epoch {epoch + 1}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
-            f"test loss {test['loss']:.4f} acc {test['accuracy']:.4f} | {bort_jax.gap_summary(gaps)}",
-            flush=True)
+      print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
+            f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | "
+            f"{bort_jax.gap_summary(gaps)}", flush=True)
     # After the record: a crash in between resumes from an older step and rewrites the record.
     checkpointer.save(step, state)
   checkpointer.close()  # the last epoch's checkpoint is the final one; a stopped run saves nothing more.
@@ -314,10 +327,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   results = {"completed": completed, "step": step, "epochs": config.num_epochs, "model": config.model,
              "dataset": config.dataset, "optimizer": config.optimizer, "seed": config.seed,
              "eval_split": config.eval_split}  # "test_*" below are on this split ("holdout": validation).
-  if completed and is_chief:
-    final = log.read()[-1]
+  if completed:
+    # From memory, not from the log: only process 0 writes the log. A resumed run that had already
+    # finished trained no epoch here, so it measures its restored final state.
+    final = record or _measure(state, eval_step, gap_fn, test_images, test_labels, config, mesh)[0]
     results.update({k: final[k] for k in ("train_loss", "train_accuracy", "test_loss",
                                           "test_accuracy", "orthogonality_gap")})
     results["mean_offdiag_gap"] = mean_gap(final["orthogonality_gap"])
+  if completed and is_chief:
     metrics_io.write_json(os.path.join(workdir, "results.json"), results)
   return state, results

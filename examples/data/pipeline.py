@@ -8,9 +8,9 @@ sees exactly the batches an uninterrupted run would have seen.
 
 Evaluation (``eval_batches``): stored order, no augmentation, the last batch padded to ``batch_size``.
 
-Every batch is {"image": (B, H, W, C), "label": (B,) int32, "mask": (B,) bool (False on padding)}. The
-image is float32 (x / 255 - mean) / std when a ``normalization`` is given, else the uint8 pixels (for
-normalizing on the accelerator, which moves 4x fewer bytes).
+Every batch is {"image": (B, H, W, C) uint8, "label": (B,) int32, "mask": (B,) bool (False on padding)}:
+the trainer normalises the pixels on the accelerator (``examples.train.normalize_images``), so hosts
+ship 4x fewer bytes than float32 images.
 """
 
 from collections.abc import Iterator
@@ -20,7 +20,6 @@ import itertools
 import numpy as np
 
 from examples.data import augment as augment_lib
-from examples.data.sources import Normalization, normalization as dataset_normalization
 
 AUGMENTATIONS = (None, "cifar", "imagenet")
 Batch = dict[str, np.ndarray]
@@ -47,7 +46,6 @@ class TrainLoader:
     augment: None, "cifar" (zero-pad 4, random crop, flip) or "imagenet" (random-resized-crop + flip).
     image_size: output side for "imagenet" (None: 224); with ``augment=None`` every image is resized and
       centre-cropped to it (needed when the source's images differ in size). Must be None for "cifar".
-    normalization: a ``Normalization``, a dataset name for ``data.normalization``, or None (uint8 out).
   """
   images: object
   labels: object
@@ -55,12 +53,9 @@ class TrainLoader:
   seed: int = 0
   augment: str | None = None
   image_size: int | None = None
-  normalization: Normalization | str | None = None
 
   def __post_init__(self):
     _check_options(self.augment, self.image_size)
-    if isinstance(self.normalization, str):
-      object.__setattr__(self, "normalization", dataset_normalization(self.normalization))
 
   @property
   def steps_per_epoch(self) -> int:
@@ -80,7 +75,7 @@ class TrainLoader:
       pixels = _fixed_size(pixels, self.image_size)
       if self.augment == "cifar":
         pixels = augment_lib.random_crop_flip(pixels, rng)
-    return _make_batch(pixels, self.labels[index], self.normalization, self.batch_size)
+    return _make_batch(pixels, self.labels[index], self.batch_size)
 
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     """The batches of epoch ``epoch`` from ``start_step`` on."""
@@ -96,19 +91,16 @@ class TrainLoader:
       yield from self.epoch(epoch, first_step if epoch == first_epoch else 0)
 
 
-def eval_batches(images, labels, batch_size: int, *, image_size: int | None = None,
-                 normalization: Normalization | str | None = None) -> Iterator[Batch]:
+def eval_batches(images, labels, batch_size: int, *, image_size: int | None = None) -> Iterator[Batch]:
   """One pass in stored order; the last batch is zero-padded to ``batch_size`` with ``mask`` False.
 
   ``image_size`` resizes the shorter side to image_size / 0.875 and takes the central crop (the
-  ImageNet evaluation transform); ``normalization`` as in ``TrainLoader``.
+  ImageNet evaluation transform).
   """
-  if isinstance(normalization, str):
-    normalization = dataset_normalization(normalization)
   n = len(labels)
   for step in range(steps_per_epoch(n, batch_size, train=False)):
     index = np.arange(step * batch_size, min((step + 1) * batch_size, n))
-    yield _make_batch(_fixed_size(images[index], image_size), labels[index], normalization, batch_size)
+    yield _make_batch(_fixed_size(images[index], image_size), labels[index], batch_size)
 
 
 def _check_options(augment, image_size):
@@ -130,21 +122,9 @@ def _fixed_size(pixels, image_size: int | None) -> np.ndarray:
   return np.stack(pixels)
 
 
-def _make_batch(pixels: np.ndarray, labels, stats: Normalization | None, batch_size: int) -> Batch:
-  if stats is not None:
-    pixels = normalize(pixels, stats)
+def _make_batch(pixels: np.ndarray, labels, batch_size: int) -> Batch:
   batch = {"image": pixels, "label": np.asarray(labels, np.int32), "mask": np.ones(len(pixels), bool)}
   pad = batch_size - len(pixels)
   if pad:
     batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
   return batch
-
-
-def normalize(pixels: np.ndarray, stats: Normalization) -> np.ndarray:
-  """uint8 NHWC -> float32 (x / 255 - mean) / std, per channel."""
-  channels = pixels.shape[-1]
-  if len(stats.mean) != channels or len(stats.std) != channels:
-    raise ValueError(f"normalization has {len(stats.mean)} channels, images have {channels}.")
-  mean = np.asarray(stats.mean, np.float32)
-  std = np.asarray(stats.std, np.float32)
-  return (pixels.astype(np.float32) / 255.0 - mean) / std

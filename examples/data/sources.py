@@ -10,13 +10,16 @@ from collections.abc import Sequence
 import os
 import pathlib
 from typing import NamedTuple
+import zipfile
+import zlib
 
 import numpy as np
 
 from examples.data._parallel import parallel_map
 
-LOCAL_DATASETS = ("mnist", "fashion_mnist", "cifar10")
-EMBEDDED_DATASET = "mnist_small"
+LOCAL_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}  # labels must lie in [0, classes)
+LOCAL_DATASETS = tuple(LOCAL_CLASSES)
+EMBEDDED_DATASET = "mnist_small"  # a subset of MNIST, embedded with the examples
 LOCAL_SPLITS = ("train", "test")
 HOLDOUT_SPLIT = "holdout"  # config.eval_split value: a validation split held out of the training split.
 HOLDOUT_FRACTION = 0.1
@@ -58,26 +61,61 @@ def load_arrays(name: str, split: str, data_dir: str | os.PathLike | None = None
 
   Looks for ``<data_dir>/<name>.npz`` (keys x_train/y_train/x_test/y_test; ``data_dir`` defaults to
   ``$BORT_DATA_DIR``); ``"mnist_small"`` is the subset embedded with the examples; any other name is opened
-  with ``tfds.data_source(name, split=split, data_dir=data_dir)`` and returned as lazy columns.
+  with ``tfds.data_source(name, split=split, data_dir=data_dir)`` and returned as lazy columns. A ``.npz``
+  that lacks the split, cannot be read, or holds other dtypes, shapes or labels outside [0, classes) raises
+  one ValueError naming the file, what was expected and what was found.
   """
   root = data_dir_or_env(data_dir)
   if name == EMBEDDED_DATASET:
-    return _load_npz(_ASSET, split)
+    return _load_npz(_ASSET, split, LOCAL_CLASSES["mnist"])
   if root is not None and (root / f"{name}.npz").exists():
-    return _load_npz(root / f"{name}.npz", split)
+    return _load_npz(root / f"{name}.npz", split, LOCAL_CLASSES.get(name))
   return _load_tfds(name, split, root)
 
 
-def _load_npz(path: pathlib.Path, split: str):
+def _load_npz(path: pathlib.Path, split: str, classes: int | None):
+  """(images NHWC uint8, labels int32) of ``split``; ``classes`` None: any label >= 0 is accepted."""
   if split not in LOCAL_SPLITS:
     raise ValueError(f"split must be one of {LOCAL_SPLITS} for {path.name}, got {split!r}.")
-  with np.load(path) as arrays:
-    images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"]
-  if images.dtype != np.uint8:
-    raise ValueError(f"{path}: x_{split} must be uint8, got {images.dtype}.")
+  x_key, y_key = f"x_{split}", f"y_{split}"
+  expected = (f"arrays {x_key} (uint8 images, shape (N, H, W) or (N, H, W, C)) and {y_key} (integer labels, "
+              f"shape (N,), values in [0, {classes or 'number of classes'}))")
+
+  def invalid(found: str) -> ValueError:
+    return ValueError(f"{path} holds no valid {split!r} split: expected {expected}; found {found}.")
+
+  try:
+    with np.load(path) as archive:  # allow_pickle=False: a data file never needs to run code
+      keys = sorted(archive.files)
+      arrays = {k: archive[k] for k in (x_key, y_key) if k in keys}
+  except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile, zlib.error) as e:
+    # numpy's own messages here mislead: for a file that is no zip it suggests allow_pickle=True.
+    raise invalid(_unreadable(path, e)) from None
+  if len(arrays) < 2:
+    raise invalid(f"keys {keys}")
+  images, labels = arrays[x_key], arrays[y_key]
+  found = f"{x_key} {images.dtype} {images.shape}, {y_key} {labels.dtype} {labels.shape}"
+  labels_ok = np.issubdtype(labels.dtype, np.integer) and labels.shape == images.shape[:1]
+  if labels_ok and labels.size:
+    low, high = int(labels.min()), int(labels.max())
+    found += f" with values in [{low}, {high}]"
+    labels_ok = low >= 0 and (classes is None or high < classes)
+  if not (labels_ok and images.dtype == np.uint8 and images.ndim in (3, 4)):
+    raise invalid(found)
   if images.ndim == 3:  # grayscale stored as (N, H, W)
     images = images[..., None]
   return images, labels.astype(np.int32)
+
+
+def _unreadable(path: pathlib.Path, error: Exception) -> str:
+  """What a file that ``np.load`` could not read as an .npz archive holds, judged by its first bytes."""
+  with open(path, "rb") as f:
+    head = f.read(8)
+  if head.startswith(b"PK"):
+    return f"a damaged zip archive ({type(error).__name__}: {error})"
+  if head.startswith(b"\x93NUMPY"):
+    return "a single .npy array, not an .npz archive"
+  return f"no zip archive (first bytes {head!r})"
 
 
 def _load_tfds(name: str, split: str, root: pathlib.Path | None):

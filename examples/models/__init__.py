@@ -5,7 +5,9 @@ bias-free variant used for explainability) and ``dtype`` (compute dtype; paramet
 Weights are ``kernel`` leaves, learned tokens ``embedding`` leaves, norms ``scale``/``bias``.
 """
 
+from collections.abc import Callable
 import functools
+from typing import NamedTuple
 
 import jax.numpy as jnp
 from flax import nnx
@@ -16,20 +18,34 @@ from examples.models.vgg import VGG16
 from examples.models.vit import EncoderBlock, ViT
 
 __all__ = ["MLP", "LeNet5", "ResNet", "BasicBlock", "BottleneckBlock", "VGG16", "ViT", "EncoderBlock",
-           "MODELS", "create_model"]
+           "ModelSpec", "MODELS", "create_model"]
+
+
+class ModelSpec(NamedTuple):
+  """A registered model: its constructor and whether it can sow its layer outputs.
+
+  ``sows_outputs``: the constructor accepts ``capture=True`` and the model then sows every layer's output
+  (read with ``nnx.capture(model, nnx.Intermediate)``), which the DBort loss term needs.
+  """
+  factory: Callable[..., nnx.Module]
+  sows_outputs: bool = False
+
 
 MODELS = {
-    "mlp": MLP,
-    "lenet5": LeNet5,
-    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic", stem="cifar"),
-    "resnet20": functools.partial(ResNet, stage_sizes=(3, 3, 3), block="basic", widths=(16, 32, 64),
-                                  stem="cifar"),
-    "resnet50": functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck", stem="imagenet"),
-    "vgg16": VGG16,
-    "deit_s": functools.partial(ViT, patch_size=16, dim=384, depth=12, num_heads=6, drop_path_rate=0.1),
-    "vit_b16": functools.partial(ViT, patch_size=16, dim=768, depth=12, num_heads=12, drop_path_rate=0.1),
+    "mlp": ModelSpec(MLP, sows_outputs=True),
+    "lenet5": ModelSpec(LeNet5, sows_outputs=True),
+    "resnet18": ModelSpec(functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic", stem="cifar")),
+    "resnet20": ModelSpec(functools.partial(ResNet, stage_sizes=(3, 3, 3), block="basic", widths=(16, 32, 64),
+                                            stem="cifar")),
+    "resnet50": ModelSpec(functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck",
+                                            stem="imagenet")),
+    "vgg16": ModelSpec(VGG16),
+    "deit_s": ModelSpec(functools.partial(ViT, patch_size=16, dim=384, depth=12, num_heads=6,
+                                          drop_path_rate=0.1)),
+    "vit_b16": ModelSpec(functools.partial(ViT, patch_size=16, dim=768, depth=12, num_heads=12,
+                                           drop_path_rate=0.1)),
     # DeiT-Ti width on 4x4 patches of 32x32 images: for tests and CPU smoke runs.
-    "vit_tiny": functools.partial(ViT, image_size=32, patch_size=4, dim=192, depth=4, num_heads=3),
+    "vit_tiny": ModelSpec(functools.partial(ViT, image_size=32, patch_size=4, dim=192, depth=4, num_heads=3)),
 }
 
 
@@ -42,4 +58,4 @@ def create_model(name: str, *, num_classes: int, rngs: nnx.Rngs, use_bias: bool 
   """
   if name not in MODELS:
     raise ValueError(f"name must be one of {sorted(MODELS)}, got {name!r}.")
-  return MODELS[name](num_classes=num_classes, rngs=rngs, use_bias=use_bias, dtype=dtype, **kwargs)
+  return MODELS[name].factory(num_classes=num_classes, rngs=rngs, use_bias=use_bias, dtype=dtype, **kwargs)

@@ -83,6 +83,23 @@ def test_bad_value_names_field_and_accepted_values(field, value, accepted):
     train.validate(config)
 
 
+@pytest.mark.parametrize("name", list(optimizers.OPTIMIZERS))
+def test_optimizer_registry_drives_validation_and_construction(name):
+  """Every registered name validates and builds; `bort` decides whether `bort_mode` is checked."""
+  config = _module("mnist_small_demo").get_config()
+  config.optimizer = name
+  train.validate(config)
+  tx, _ = optimizers.create_optimizer(config, 10)
+  params = {"kernel": jnp.ones((3, 2))}
+  assert jax.tree.structure(tx.update(params, tx.init(params), params)[0]) == jax.tree.structure(params)
+  config.bort_mode = "l3-full"
+  if optimizers.OPTIMIZERS[name].bort:
+    with pytest.raises(ValueError, match=r"config\.bort_mode='l3-full' is not accepted"):
+      train.validate(config)
+  else:
+    train.validate(config)  # a baseline ignores the Bort fields
+
+
 def test_bort_rules_scale_the_correction_per_kernel():
   """A (regex, 0) rule leaves that kernel's update exactly SGD's; the other kernels keep their correction."""
   config = _module("mnist_lenet").get_config("bort_sgd")

@@ -65,16 +65,6 @@ def test_mnist_small_shapes_and_classes():
   assert data.num_classes(labels) == 10
 
 
-def test_normalized_batch_of_real_slice():
-  """A batch equals (x / 255 - mean) / std of the same images, and has mean ~0, std ~1."""
-  images, labels = data.load_arrays("mnist_small", "test")
-  batch = next(data.eval_batches(images, labels, 1000, normalization="mnist"))
-  expected = (images.astype(np.float64) / 255.0 - 0.1307) / 0.3081
-  np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-5)
-  assert abs(batch["image"].mean()) < 0.02 and abs(batch["image"].std() - 1.0) < 0.02
-  np.testing.assert_array_equal(batch["label"], labels)
-
-
 def test_random_crop_flip_is_a_crop_of_the_padded_image_or_its_mirror():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
@@ -147,7 +137,7 @@ def test_train_loader_is_deterministic_and_permutes_each_epoch():
 
 
 def test_resume_mid_epoch_continues_exactly():
-  loader = _loader(normalization="mnist")
+  loader = _loader()
   stream = loader.batches()
   uninterrupted = [next(stream) for _ in range(15)]  # 6 steps per epoch: crosses two epoch boundaries
   resumed = loader.batches(start_step=8)
@@ -156,7 +146,7 @@ def test_resume_mid_epoch_continues_exactly():
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key])
   np.testing.assert_array_equal(loader.get_batch(1, 2)["image"], uninterrupted[8]["image"])
-  assert not np.array_equal(_loader(normalization="mnist").get_batch(1, 3)["image"], uninterrupted[8]["image"])
+  assert not np.array_equal(_loader().get_batch(1, 3)["image"], uninterrupted[8]["image"])
 
 
 def test_eval_batches_pad_and_mask():
@@ -181,8 +171,6 @@ def test_bad_arguments_raise_value_error():
     data.TrainLoader(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32), 2, augment="flip")
   with pytest.raises(ValueError, match="image_size must be None"):
     _loader(image_size=64)
-  with pytest.raises(ValueError, match="normalization has 3 channels"):
-    next(data.eval_batches(*data.load_arrays("mnist_small", "test"), 10, normalization="cifar10"))
   with pytest.raises(ValueError, match="batch_size"):
     data.TrainLoader(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32), 5).steps_per_epoch
 
@@ -195,10 +183,9 @@ def test_mock_tfds_imagenet_pipeline():
     assert data.num_classes(labels) == 1000
     sizes = {images[i].shape for i in range(10)}
     assert len(sizes) > 1  # mock images have random sizes, as real ImageNet
-    loader = data.TrainLoader(images, labels, 4, seed=0, augment="imagenet", normalization="imagenet2012")
+    loader = data.TrainLoader(images, labels, 4, seed=0, augment="imagenet")
     batch = loader.get_batch(0, 1)
-    assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.float32
-    assert np.all(np.isfinite(batch["image"]))
+    assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
     order = np.random.default_rng((0, 0)).permutation(10)[4:8]
     np.testing.assert_array_equal(batch["label"], [labels[i] for i in order])
     np.testing.assert_array_equal(loader.get_batch(0, 1)["image"], batch["image"])
@@ -206,10 +193,73 @@ def test_mock_tfds_imagenet_pipeline():
       data.TrainLoader(images, labels, 4).get_batch(0, 0)
 
     val_images, val_labels = data.load_arrays("imagenet2012", "validation")
-    evals = list(data.eval_batches(val_images, val_labels, 4, image_size=224, normalization="imagenet2012"))
+    evals = list(data.eval_batches(val_images, val_labels, 4, image_size=224))
     assert [b["image"].shape for b in evals] == [(4, 224, 224, 3)] * 3
     np.testing.assert_array_equal(evals[-1]["mask"], [True, True, False, False])
-    first = val_images[0]
-    np.testing.assert_array_equal(
-        evals[0]["image"][0], data.normalize(augment.imagenet_eval([first], 224), data.normalization(
-            "imagenet2012"))[0])
+    np.testing.assert_array_equal(evals[0]["image"][0], augment.imagenet_eval([val_images[0]], 224)[0])
+
+
+def _npz(directory, **arrays):
+  """Writes `arrays` as <directory>/mnist.npz and returns (data_dir, path)."""
+  path = directory / "mnist.npz"
+  np.savez(path, **arrays)
+  return directory, path
+
+
+def _split(n=4, labels=(0, 1, 2, 9), image_dtype=np.uint8):
+  return np.zeros((n, 3, 3), image_dtype), np.asarray(labels)
+
+
+def _expect_invalid(data_dir, path, found):
+  """One ValueError naming the file, the expected layout and what was found (not numpy's own message)."""
+  with pytest.raises(ValueError) as info:
+    data.load_arrays("mnist", "test", data_dir)
+  message = str(info.value)
+  assert message.startswith(f"{path} holds no valid 'test' split: expected arrays x_test (uint8 images, "
+                            "shape (N, H, W) or (N, H, W, C)) and y_test (integer labels, shape (N,), "
+                            "values in [0, 10)); found "), message
+  assert found in message, message
+  assert "allow_pickle" not in message and info.value.__cause__ is None
+
+
+def test_npz_without_the_split_names_the_missing_keys(tmp_path):
+  x, y = _split()
+  _expect_invalid(*_npz(tmp_path, x_train=x, y_train=y), "found keys ['x_train', 'y_train'].")
+
+
+def test_npz_with_labels_outside_the_classes_shows_their_range(tmp_path):
+  x, y = _split(labels=(0, 1, 10, 3))
+  _expect_invalid(*_npz(tmp_path, x_test=x, y_test=y), "found x_test uint8 (4, 3, 3), y_test int64 (4,) "
+                  "with values in [0, 10].")
+  x, y = _split(labels=(-1, 1, 2, 3))
+  _expect_invalid(*_npz(tmp_path, x_test=x, y_test=y), "with values in [-1, 3].")
+
+
+@pytest.mark.parametrize("x, y, found", [
+    (*_split(image_dtype=np.float32), "x_test float32 (4, 3, 3), y_test int64 (4,)"),
+    (np.zeros((4, 3), np.uint8), _split()[1], "x_test uint8 (4, 3), y_test int64 (4,)"),
+    (_split()[0], np.zeros(4, np.float32), "y_test float32 (4,)."),
+    (_split()[0], np.zeros(3, np.int32), "y_test int32 (3,)."),
+])
+def test_npz_with_other_dtypes_or_shapes_shows_them(tmp_path, x, y, found):
+  _expect_invalid(*_npz(tmp_path, x_test=x, y_test=y), found)
+
+
+def test_unreadable_npz_says_what_the_file_is(tmp_path):
+  path = tmp_path / "mnist.npz"
+  path.write_text("not an archive")  # numpy would advise allow_pickle=True for this
+  _expect_invalid(tmp_path, path, "found no zip archive (first bytes b'not an a').")
+  x, y = _split()
+  np.savez(path, x_test=x, y_test=y)
+  path.write_bytes(path.read_bytes()[:100])  # cut short, e.g. by an interrupted download
+  _expect_invalid(tmp_path, path, "found a damaged zip archive (BadZipFile: ")
+  with open(path, "wb") as f:
+    np.save(f, x)
+  _expect_invalid(tmp_path, path, "found a single .npy array, not an .npz archive.")
+
+
+def test_valid_npz_of_any_integer_labels_loads(tmp_path):
+  x, y = _split(labels=np.array([0, 9, 3, 3], np.uint8))
+  images, labels = data.load_arrays("mnist", "test", _npz(tmp_path, x_test=x, y_test=y)[0])
+  assert images.shape == (4, 3, 3, 1) and labels.dtype == np.int32
+  np.testing.assert_array_equal(labels, [0, 9, 3, 3])

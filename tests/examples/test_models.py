@@ -110,6 +110,18 @@ def test_factory_covers_every_model():
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
+def test_registry_declares_which_models_sow_their_outputs(name):
+  """`sows_outputs` (what DBort configs are validated against) matches what the constructor accepts."""
+  if not models.MODELS[name].sows_outputs:
+    with pytest.raises(TypeError, match="capture"):
+      _abstract(name, capture=True, **SMALL[name][1])
+    return
+  model, x = _small(name, capture=True)
+  _, sown = nnx.capture(model, nnx.Intermediate)(x)
+  assert nnx.to_pure_dict(sown)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
 def test_bias_free_variant_forward_shape(name):
   shape, kw = SMALL[name]
   graph, state = nnx.split(_abstract(name, use_bias=False, **kw))

@@ -1,5 +1,7 @@
 """Example trainer: loss and step against independent references, schedule, evaluation masking, I/O."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,6 +72,21 @@ def test_sgd_step_equals_hand_derived_update(lam, smoothing):
   np.testing.assert_allclose(metrics["total_loss"] / metrics["count"], total, rtol=1e-5)
 
 
+def test_on_device_normalization_of_a_real_batch():
+  """The trainer's input: (x / 255 - mean) / std of the uint8 batch, mean ~0 and std ~1 on MNIST."""
+  images, labels = data_lib.load_arrays("mnist_small", "test")
+  batch = next(data_lib.eval_batches(images, labels, 1000))
+  assert batch["image"].dtype == np.uint8
+  x = np.asarray(train.normalize_images(jnp.asarray(batch["image"]), data_lib.normalization("mnist")))
+  expected = (images.astype(np.float64) / 255.0 - 0.1307) / 0.3081
+  np.testing.assert_allclose(x, expected, rtol=1e-5, atol=1e-5)
+  assert x.dtype == np.float32 and abs(x.mean()) < 0.02 and abs(x.std() - 1.0) < 0.02
+  bf16 = train.normalize_images(jnp.asarray(batch["image"]), data_lib.normalization("mnist"), jnp.bfloat16)
+  assert bf16.dtype == jnp.bfloat16
+  with pytest.raises(ValueError, match="normalization has 3 channels, images have 1"):
+    train.normalize_images(jnp.asarray(batch["image"]), data_lib.normalization("cifar10"))
+
+
 def test_schedule_warmup_then_cosine():
   config = _tiny_mlp_config(lr_schedule="cosine", warmup_epochs=1.0, num_epochs=3, learning_rate=0.3)
   lr = optimizers.learning_rate_schedule(config, steps_per_epoch=10)
@@ -123,3 +140,25 @@ def test_metrics_log_trims_on_resume_and_plots(tmp_path):
   assert [r["epoch"] for r in log.read()] == [1, 2]
   metrics_io.plot_curves(log.read(), str(tmp_path / "c.png"))
   assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_process_returns_results_and_only_process_0_writes_files(tmp_path, monkeypatch):
+  """A pod's other processes get the same results as process 0 without reading its files.
+
+  `is_chief_process` is faked rather than `jax.process_index` itself: a fake index would also make this
+  single process feed the batch slice and Orbax role of a process that does not exist.
+  """
+  config = _tiny_mlp_config(dataset="mnist_small", train_limit=128, batch_size=32, eval_batch_size=500,
+                            progress_bar=False)
+  config.model_kwargs = {"hidden_sizes": (16,)}
+  _, chief = train.train_and_evaluate(config, str(tmp_path / "chief"))
+  assert chief == json.loads((tmp_path / "chief" / "results.json").read_text())
+
+  monkeypatch.setattr(train, "is_chief_process", lambda: False)  # as when jax.process_index() == 1
+  _, other = train.train_and_evaluate(config, str(tmp_path / "other"))
+  assert other == chief and other["completed"] and 0 <= other["test_accuracy"] <= 1
+  assert sorted(p.name for p in (tmp_path / "other").iterdir()) == ["checkpoints"]  # written by all
+
+  # Resuming a finished run trains nothing: its results come from the restored final state.
+  _, again = train.train_and_evaluate(config, str(tmp_path / "other"), resume=True)
+  assert again == chief
