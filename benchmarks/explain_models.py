@@ -1,13 +1,21 @@
 """Models of the explainability report and their pure functions (``bort_jax.explain.report.ModelFns``).
 
-Two architectures, each as a ReLU net (trained with SGD, Bort or DBort) and a B-cos net:
+Two architectures, each as a ReLU net (trained with SGD, Bort or DBort) and a B-cos net. The B-cos nets follow
+the authors' protocol (``bort_jax.explain.bcos``): MaxOut over 2 units, padding 1 on both sides of every 3×3
+convolution, logits = head + log(1/9), trained with ``bcos.bcos_bce_loss`` (binary cross-entropy; see
+:func:`bcos_loss`), no temperature.
 
-* ``mlp``: bias-free MLP 784-512-512-10 on one 28×28 digit. Grids of the pointing game are read tile-wise: each
-  28×28 cell goes through the MLP and the logits are averaged over cells, so cells do not interact.
-* ``cnn``: bias-free fully convolutional net (3×3 convolutions with strides 2, 2, 1, 1, a 1×1 convolution to
-  the classes, global average pooling) that reads a whole grid at once, as in the B-cos paper's grid pointing game.
+* ``mlp``: bias-free MLP (H·W·C)-512-512-10 on one image (MNIST: a 28×28 digit). Grids of the pointing game are
+  read tile-wise: each H×W cell goes through the MLP and the logits are averaged over cells, so cells do not
+  interact.
+* ``cnn``: bias-free fully convolutional net (3×3 convolutions, a 1×1 convolution to the classes, global average
+  pooling) that reads a whole grid at once, as in the B-cos paper's grid pointing game. MNIST: 32-32-32-32
+  channels with strides 2, 2, 1, 1; CIFAR-10: :data:`CIFAR_CNN` (``DATASET_CNN``).
+
+Every model takes raw NHWC images in [0, 1] of the dataset's shape (``image_shape`` = (H, W, C)).
 """
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
@@ -18,16 +26,21 @@ from bort_jax.explain import report
 
 ARCHS = ("mlp", "cnn")
 KINDS = ("sgd", "bort", "dbort", "bcos")
-TILE = 28
+MNIST_SHAPE = (28, 28, 1)
 CNN_CHANNELS = (32, 32, 32, 32)
 CNN_STRIDES = (2, 2, 1, 1)
+CIFAR_CNN = ((32, 32, 64, 64), (2, 2, 1, 1))       # channels, strides: 23×23-pixel receptive field
+DATASET_CNN = {"mnist": (CNN_CHANNELS, CNN_STRIDES), "cifar10": CIFAR_CNN}
+BCOS_B = 2.0
+BCOS_MAX_OUT = 2
 
 
 class MLP(nnx.Module):
   """Bias-free ReLU MLP on flattened images; ``forward`` also returns every pre-activation (for DBort)."""
 
-  def __init__(self, hidden_sizes: Sequence[int] = (512, 512), num_classes: int = 10, *, rngs: nnx.Rngs):
-    sizes = (TILE * TILE, *hidden_sizes, num_classes)
+  def __init__(self, hidden_sizes: Sequence[int] = (512, 512), num_classes: int = 10, *,
+               image_shape: Sequence[int] = MNIST_SHAPE, rngs: nnx.Rngs):
+    sizes = (math.prod(image_shape), *hidden_sizes, num_classes)
     self.layers = nnx.List([nnx.Linear(i, o, use_bias=False, rngs=rngs) for i, o in zip(sizes[:-1], sizes[1:])])
 
   def forward(self, x: jax.Array, depth: int | None = None) -> tuple[jax.Array, list[jax.Array]]:
@@ -54,10 +67,10 @@ class CNN(nnx.Module):
   """
 
   def __init__(self, channels: Sequence[int] = CNN_CHANNELS, strides: Sequence[int] = CNN_STRIDES,
-               num_classes: int = 10, *, rngs: nnx.Rngs):
+               num_classes: int = 10, *, in_channels: int = 1, rngs: nnx.Rngs):
     if len(channels) != len(strides):
       raise ValueError(f"channels and strides must have equal lengths, got {len(channels)} and {len(strides)}")
-    sizes = (1, *channels)
+    sizes = (in_channels, *channels)
     self.convs = nnx.List([nnx.Conv(i, o, (3, 3), strides=s, use_bias=False, rngs=rngs)
                            for i, o, s in zip(sizes[:-1], sizes[1:], strides)])
     self.head = nnx.Conv(sizes[-1], num_classes, (1, 1), use_bias=False, rngs=rngs)
@@ -80,18 +93,31 @@ class CNN(nnx.Module):
     return self.forward(x)[0]
 
 
-def make_model(arch: str, kind: str, seed: int, widths: Sequence[int]) -> nnx.Module:
-  """The ``kind`` network of ``arch``; ``widths`` are the hidden sizes (mlp) or channels (cnn)."""
+def make_model(arch: str, kind: str, seed: int, widths: Sequence[int], *,
+               image_shape: Sequence[int] = MNIST_SHAPE, strides: Sequence[int] = CNN_STRIDES) -> nnx.Module:
+  """The ``kind`` network of ``arch`` on images of ``image_shape`` (H, W, C); ``widths`` are the hidden sizes
+  (mlp) or channels (cnn), ``strides`` those of the cnn's 3×3 convolutions."""
   if arch not in ARCHS:
     raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   rngs = nnx.Rngs(seed)
+  channels = image_shape[-1]
   if kind == "bcos":
+    # The authors' protocol: MaxOut 2, symmetric padding, logit bias log(1/(C−1)), T = 1 (the defaults), on the
+    # encoded input [x, 1 − x] (2C channels).
     if arch == "mlp":
-      return bcos.BcosMLP(2 * TILE * TILE, widths, logit_scale=10.0, rngs=rngs)
-    return bcos.BcosCNN(2, widths, CNN_STRIDES, logit_scale=10.0, rngs=rngs)
-  return MLP(widths, rngs=rngs) if arch == "mlp" else CNN(widths, CNN_STRIDES, rngs=rngs)
+      return bcos.BcosMLP(2 * math.prod(image_shape), widths, b=BCOS_B, max_out=BCOS_MAX_OUT, rngs=rngs)
+    return bcos.BcosCNN(2 * channels, widths, strides, b=BCOS_B, max_out=BCOS_MAX_OUT, rngs=rngs)
+  if arch == "mlp":
+    return MLP(widths, image_shape=image_shape, rngs=rngs)
+  return CNN(widths, strides, in_channels=channels, rngs=rngs)
+
+
+def bcos_loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
+  """The B-cos training loss on raw images: binary cross-entropy of the logits (with their bias log(1/(C−1)))
+  against one-hot labels, as the authors train (``bcos.bcos_bce_loss``); not softmax cross-entropy."""
+  return bcos.bcos_bce_loss(model(bcos.encode_input(x)), y)
 
 
 def head_kernel_path(arch: str, widths: Sequence[int]) -> str:
@@ -99,21 +125,24 @@ def head_kernel_path(arch: str, widths: Sequence[int]) -> str:
   return f"layers/{len(widths)}/kernel" if arch == "mlp" else "head/kernel"
 
 
-def tiled(fn: Callable) -> Callable:
-  """``fn(params, tiles) -> (N·T, ...)`` on 28×28 tiles, lifted to images of g×g tiles: (N, T, ...)."""
+def tiled(fn: Callable, tile: Sequence[int]) -> Callable:
+  """``fn(params, tiles) -> (N·T, ...)`` on (th, tw) tiles, lifted to images of g×g tiles: (N, T, ...)."""
+  th, tw = tile[:2]
+
   def wrapped(params, x):
     n, h, w, c = x.shape
-    tiles = x.reshape(n, h // TILE, TILE, w // TILE, TILE, c).transpose(0, 1, 3, 2, 4, 5)
-    out = fn(params, tiles.reshape(-1, TILE, TILE, c))
+    tiles = x.reshape(n, h // th, th, w // tw, tw, c).transpose(0, 1, 3, 2, 4, 5)
+    out = fn(params, tiles.reshape(-1, th, tw, c))
     return out.reshape(n, -1, *out.shape[1:])
   return wrapped
 
 
-def model_fns(arch: str, kind: str, model: nnx.Module) -> report.ModelFns:
+def model_fns(arch: str, kind: str, model: nnx.Module, image_shape: Sequence[int] = MNIST_SHAPE
+              ) -> report.ModelFns:
   """Pure functions of a trained model (built once per architecture: seeds share compilations)."""
   graphdef = nnx.graphdef(model)
   net = lambda p: nnx.merge(graphdef, p)
-  lift = tiled if arch == "mlp" else (lambda fn: fn)     # the CNN reads a grid whole
+  lift = (lambda fn: tiled(fn, image_shape)) if arch == "mlp" else (lambda fn: fn)   # the CNN reads a grid whole
   pool = (lambda y: y.mean(1)) if arch == "mlp" else (lambda y: y)
   if kind == "bcos":
     apply_fn, linear_fn, _ = bcos.bcos_apply_fns(model)

@@ -31,6 +31,7 @@ def test_tiny_demo_writes_results_and_resumes(tmp_path):
   proc = _main("--config", DEMO, "--workdir", str(workdir), *tiny, "--config.stop_after_steps=5")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "continue with --resume" in proc.stdout
+  assert not (workdir / "explain.png").exists()  # only a finished run draws the explainability figure
   proc = _main("--config", DEMO, "--workdir", str(workdir), *tiny, "--resume")
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((workdir / "results.json").read_text())
@@ -39,4 +40,6 @@ def test_tiny_demo_writes_results_and_resumes(tmp_path):
   assert [r["epoch"] for r in records] == [1, 2]
   assert set(records[-1]["orthogonality_gap"]) == {f"layers/{i}/kernel" for i in range(3)}
   assert (workdir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+  assert (workdir / "explain.png").read_bytes()[:4] == b"\x89PNG"  # reconstructions + backtracking saliency
+  assert f"{workdir}/explain.png" in proc.stdout
   assert json.loads((workdir / "config.json").read_text())["model"] == "mlp"

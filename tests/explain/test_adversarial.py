@@ -113,3 +113,147 @@ def test_summarize_reports_rate_and_l2():
   np.testing.assert_allclose(summary["success_rate"], 0.5)
   np.testing.assert_allclose(summary["l2_success"], 2.0)
   np.testing.assert_allclose(summary["l2_all"], 4.0)
+
+
+# A fixed 16-12-3 ReLU net with biases (weights drawn once from seed 0) and 8 fixed inputs in [0.2, 0.8].
+def _net():
+  rng = np.random.default_rng(0)
+  w1 = rng.normal(size=(16, 12)) * 2 * np.sqrt(2 / 16)
+  b1 = -0.5 * w1.sum(0) + 0.1 * rng.normal(size=12)
+  w2 = rng.normal(size=(12, 3)) * np.sqrt(2 / 12)
+  return [np.asarray(a, np.float32) for a in (w1, b1, w2, np.zeros(3))]
+
+
+def _net_apply(params, x):
+  w1, b1, w2, b2 = params
+  return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1) @ w2 + b2
+
+
+def _net_inputs():
+  return np.random.default_rng(10).uniform(0.2, 0.8, (8, 16)).astype(np.float32)
+
+
+def _np_logits_and_grad(params, x, dlogits=None):
+  """Logits of the 16-12-3 net and, given per-sample weights on the logits, the input gradient of their sum."""
+  w1, b1, w2, b2 = (np.asarray(a, np.float64) for a in params)
+  pre = x @ w1 + b1
+  logits = np.maximum(pre, 0) @ w2 + b2
+  return logits, (None if dlogits is None else ((dlogits @ w2.T) * (pre > 0)) @ w1.T)
+
+
+def _np_cw_l2(params, x, label, *, binary_search_steps, steps, lr, initial_const, lo=0.0, hi=1.0):
+  """Untargeted CW-L2 written out from the definition with foolbox's conventions (tanh box with the 0.999999
+  shrink, squared distance to the round-tripped input, runner-up re-chosen each step, Adam, batch-summed loss
+  for the early abort every ceil(steps/10) steps, ×10 / bisection search over c, closest adversarial kept)."""
+  n = len(x)
+  mid, half = (lo + hi) / 2, (hi - lo) / 2
+  w0 = np.arctanh((x - mid) / half * 0.999999)
+  x_ref = np.tanh(w0) * half + mid
+  consts, lower, upper = np.full(n, initial_const), np.zeros(n), np.full(n, np.inf)
+  best, best_norm = x.astype(np.float64).copy(), np.full(n, np.inf)
+  rows = np.arange(n)
+  for _ in range(binary_search_steps):
+    delta, m, v = np.zeros_like(w0), np.zeros_like(w0), np.zeros_like(w0)
+    found, previous = np.zeros(n, bool), np.inf
+    for k in range(steps):
+      z = np.tanh(w0 + delta) * half + mid
+      logits, _ = _np_logits_and_grad(params, z)
+      others = logits.copy()
+      others[rows, label] = -np.inf
+      runner_up = others.argmax(1)
+      margin = logits[rows, label] - logits[rows, runner_up]
+      loss = np.sum(consts * np.maximum(margin, 0)) + np.sum((z - x_ref) ** 2)
+      dlogits = np.zeros_like(logits)
+      dlogits[rows, label] = consts * (margin > 0)
+      dlogits[rows, runner_up] -= consts * (margin > 0)
+      _, grad_z = _np_logits_and_grad(params, z, dlogits)
+      g = (grad_z + 2 * (z - x_ref)) * half * (1 - np.tanh(w0 + delta) ** 2)
+      m = 0.9 * m + 0.1 * g
+      v = 0.999 * v + 0.001 * g * g
+      delta = delta - lr * (m / (1 - 0.9 ** (k + 1))) / (np.sqrt(v / (1 - 0.999 ** (k + 1))) + 1e-8)
+      if k % int(np.ceil(steps / 10)) == 0:
+        if not loss <= 0.9999 * previous:
+          break
+        previous = loss
+      hit = logits.argmax(1) != label
+      found |= hit
+      norm = np.linalg.norm(z - x, axis=1)
+      new_best = hit & (norm < best_norm)
+      best[new_best], best_norm[new_best] = z[new_best], norm[new_best]
+    upper = np.where(found, consts, upper)
+    lower = np.where(found, lower, consts)
+    consts = np.where(np.isinf(upper), consts * 10, (lower + upper) / 2)
+  return best
+
+
+def test_random_start_is_uniform_in_the_l2_ball_and_clipped():
+  x = jnp.asarray(np.random.default_rng(6).uniform(0.3, 0.7, size=(2000, 16)), jnp.float32)
+  start = explain.adversarial.uniform_ball_start(jax.random.PRNGKey(0), x, 0.5, "l2", clip=None)
+  radius = np.linalg.norm(np.asarray(start - x), axis=1) / 0.5
+  assert radius.max() <= 1 + 1e-6
+  # Uniform in the 16-ball: P(r ≤ t) = t^16, i.e. r^16 is uniform on [0, 1].
+  np.testing.assert_allclose(np.quantile(radius**16, [0.25, 0.5, 0.75]), [0.25, 0.5, 0.75], atol=0.04)
+  clipped = explain.adversarial.uniform_ball_start(jax.random.PRNGKey(0), x, 0.5, "l2")
+  np.testing.assert_allclose(clipped, np.clip(start, 0, 1))
+  linf = explain.adversarial.uniform_ball_start(jax.random.PRNGKey(1), x, 0.1, "linf", clip=None)
+  assert np.abs(np.asarray(linf - x)).max() <= 0.1 + 1e-6
+
+
+def test_pgd_random_start_then_full_run_ends_on_the_sphere():
+  params, x = _net(), jnp.asarray(_net_inputs())
+  pred = jnp.argmax(_net_apply(params, x), axis=1)
+  start_only = explain.pgd_attack(_net_apply, params, x, pred, 1.0, norm="l2", targeted=False, steps=0,
+                                  step_size=0.0, clip=None, random_start=True, key=jax.random.PRNGKey(2))
+  np.testing.assert_allclose(start_only.x_adv, explain.adversarial.uniform_ball_start(
+      jax.random.PRNGKey(2), x, 1.0, "l2", clip=None), atol=1e-7)
+  full = explain.pgd_attack(_net_apply, params, x, pred, 1.0, norm="l2", targeted=False, steps=40,
+                            step_size=2 * 1.0 / 40 * 1.0, clip=None, random_start=True, key=jax.random.PRNGKey(2))
+  assert np.all(full.success)
+  np.testing.assert_allclose(full.l2, 1.0, rtol=1e-5)
+
+
+def test_cw_l2_matches_numpy_rederivation_of_foolbox_conventions():
+  params, x = _net(), _net_inputs()
+  label = np.argmax(_np_logits_and_grad(params, x)[0], axis=1)
+  options = dict(binary_search_steps=5, steps=40, initial_const=0.1)
+  result = explain.adversarial.cw_l2_attack(_net_apply, params, jnp.asarray(x), jnp.asarray(label),
+                                            step_size=1e-2, **options)
+  expected = _np_cw_l2(params, x, label, lr=1e-2, **options)
+  expected_success = np.argmax(_np_logits_and_grad(params, expected)[0], axis=1) != label
+  assert expected_success.sum() >= 6                  # the samples whose boundary 40 Adam steps reach
+  np.testing.assert_array_equal(result.success, expected_success)
+  np.testing.assert_allclose(result.x_adv, expected, atol=1e-5)
+  np.testing.assert_allclose(result.l2, np.linalg.norm(expected - x, axis=1), rtol=1e-4, atol=1e-6)
+  # The early abort fires on this batch, so the comparison above covers it.
+  no_abort = explain.adversarial.cw_l2_attack(_net_apply, params, jnp.asarray(x), jnp.asarray(label),
+                                              step_size=1e-2, abort_early=False, **options)
+  assert np.abs(np.asarray(no_abort.x_adv) - expected).max() > 1e-3
+
+
+def test_cw_l2_reaches_just_past_the_hyperplane_of_a_linear_model():
+  # logits (w·x + b, 0): the nearest class change is at distance d = (w·x + b)/‖w‖ along −w.
+  rng = np.random.default_rng(7)
+  w = rng.normal(size=16).astype(np.float32)
+  x = rng.uniform(0.3, 0.7, size=(6, 16)).astype(np.float32)
+  b = np.float32(-(x @ w).min() + 0.5)
+  apply_fn = lambda p, z: jnp.stack([z @ p[0] + p[1], jnp.zeros(len(z))], axis=1)
+  distance = (x @ w + b) / np.linalg.norm(w)
+  result = explain.adversarial.cw_l2_attack(apply_fn, (w, b), jnp.asarray(x), jnp.zeros(6, jnp.int32),
+                                            clip=None, steps=200)
+  assert np.all(result.success)
+  assert np.all(np.asarray(result.l2) >= distance * (1 - 1e-4))
+  np.testing.assert_allclose(result.l2, distance, rtol=0.05)
+  direction = (np.asarray(result.x_adv) - x) / np.asarray(result.l2)[:, None]
+  np.testing.assert_allclose(direction @ (w / np.linalg.norm(w)), -1.0, atol=0.01)
+
+
+def test_cw_l2_returns_the_input_where_nothing_is_found_and_clips_to_epsilon():
+  params, x = _net(), jnp.asarray(_net_inputs())
+  pred = jnp.argmax(_net_apply(params, x), axis=1)
+  none = explain.adversarial.cw_l2_attack(_net_apply, params, x, pred, binary_search_steps=1, steps=5,
+                                          initial_const=1e-6)
+  assert not np.any(none.success)
+  np.testing.assert_array_equal(none.x_adv, x)
+  far = x + 3.0 * jnp.ones_like(x) / 4.0               # ‖δ‖ = 3
+  np.testing.assert_allclose(np.linalg.norm(explain.adversarial.clip_l2_perturbation(x, far, 1.0) - x, axis=1),
+                             1.0, rtol=1e-6)

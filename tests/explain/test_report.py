@@ -1,8 +1,12 @@
-"""Report tables: seed aggregation, one row per (model, method), acceptance checks, figure file."""
+"""Report pieces: evaluation protocols wired as their papers define them, seed aggregation, tables with the
+protocol in each caption, figure files; the benchmark's claims section and its per-run cache."""
 
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from bort_jax.explain import report
 
@@ -15,6 +19,7 @@ def _results():
           "accuracy": 0.9,
           "reconstruction": {"fc1": {"psnr": psnr + shift, "mse": 0.1}},
           "pointing_game": {"2x2": {"gradient": point, "input×gradient": point}, "3x3": {"gradient": point / 2}},
+          "pointing_game_grids": {"2x2": 500, "3x3": 480 + seed},
       }})
   return results
 
@@ -26,21 +31,131 @@ def test_summarize_seeds_gives_mean_std_and_count():
   np.testing.assert_allclose(summary["sgd"]["pointing_game/2x2/input×gradient"][0], 0.4)
 
 
-def test_markdown_has_a_row_per_model_and_method_and_evaluates_acceptance(tmp_path):
+def test_markdown_has_a_row_per_model_and_method_and_the_protocol_in_each_caption(tmp_path):
   path = tmp_path / "r.md"
-  text = report.write_markdown(_results(), path, {"num_grids": 5}, None, ["a note"])
+  config = {"num_grids": 5, "ig_steps": 8, "boundary_epsilons": [0.5, 2.0], "num_big": 10}
+  text = report.write_markdown(_results(), path, config, None, ["a note"], title="A title",
+                               data_note="some data", sections=["## Extra", "- line"])
   assert path.read_text() == text
+  assert text.startswith("# A title\n")
   assert "| bort | input×gradient | 0.500 ± 0.000 | — |" in text
   assert "| dbort | fc1 | 14.000 ± 0.816 | 0.100 ± 0.000 |" in text
-  assert "- PASS — Bort PSNR > SGD PSNR (fc1): 13.00 vs 8.00 dB" in text
-  assert "- PASS — DBort PSNR ≥ Bort PSNR (fc1): 14.00 vs 13.00 dB" in text
-  assert "- PASS — Bort ≥ SGD on 3x3/gradient: 0.250 vs 0.200" in text
-  assert "a note" in text and json.dumps({"num_grids": 5}) in text
+  assert "a note" in text and json.dumps(config, sort_keys=True) in text
+  assert text.rstrip().endswith("## Extra\n- line")
+  assert "Grids built (2×2 / 3×3, mean over seeds): sgd 500 / 481" in text
+  headings = [line for line in text.splitlines() if line.startswith("## ") and line != "## Extra"]
+  assert len(headings) == 3 and all(h.endswith("— some data") for h in headings)
+  pointing = next(h for h in headings if "pointing game" in h)
+  assert "B-cos protocol" in pointing and "up to 5 grids" in pointing and "every cell" in pointing
+  assert "no smoothing" in pointing and "sigmoid(top logit) > 0.5" in pointing
+  assert "PASS" not in text and "acceptance" not in text.lower()   # the claims are the benchmark's
+
+
+def test_captions_state_the_boundary_rise_and_trapezoid_conventions():
+  captions = report.default_captions({"ig_steps": 8, "boundary_epsilons": [0.5, 1.0, 6.0], "smooth": 3})
+  assert "cw_epsilon = 6" in captions["completeness"] and "{0.5, 1, 6}" in captions["completeness"]
+  assert "trapezoid" in captions["completeness"] and "(8−1)/8" in captions["completeness"]
+  assert "random start" in captions["completeness"] and "predicted class" in captions["completeness"]
+  assert "RISE" in captions["deletion_insertion"] and "training mean" in captions["deletion_insertion"]
+  assert "blur" in captions["deletion_insertion"] and "top predicted class" in captions["deletion_insertion"]
+  assert "3×3 box smoothing" in captions["pointing_game"]
+  assert "cw_epsilon = 2" in report.default_captions({"boundary_epsilons": [1.0, 2.0],
+                                                      "cw_epsilon": 2.0})["completeness"]
+
+
+def test_pointing_game_explains_and_scores_every_cell():
+  # Cell images are constant at (class + 1) / 10; the oracle map marks the pixels of the target's value, so every
+  # scored cell gets 1, a uniform map gets 1/g², and the oracle sees each (grid, cell) exactly once.
+  g, side = 2, 4
+  cell_labels = np.array([[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]])
+  tiles = (cell_labels[..., None, None] + 1) / 10 * np.ones((side, side))
+  grids = tiles.reshape(3, g, g, side, side).transpose(0, 1, 3, 2, 4).reshape(3, g * side, g * side, 1)
+  seen = []
+
+  def oracle(x, t):
+    seen.append(np.asarray(t))
+    return (np.abs(x[..., 0] - (np.asarray(t)[:, None, None] + 1) / 10) < 1e-6).astype(np.float32)
+
+  scores = report.pointing_game({"oracle": oracle, "uniform": lambda x, t: np.ones(x.shape[:3])},
+                                grids.astype(np.float32), cell_labels, g)
+  np.testing.assert_allclose([scores["oracle"], scores["uniform"]], [1.0, 0.25])
+  np.testing.assert_array_equal(np.concatenate(seen), cell_labels.reshape(-1))
+  assert np.isnan(report.pointing_game({"m": oracle}, grids[:0], cell_labels[:0], g)["m"])
+
+
+def _tiny_model(seed=0, channels=16, classes=10):
+  """Bias-free conv(3×3) → ReLU → 1×1 conv → global average pool: reads images of any size. Zero-mean unit-norm
+  kernels and a head centred over channels keep the predicted classes varied on uniform noise."""
+  k1, k2 = jax.random.split(jax.random.PRNGKey(seed))
+  kernel = jax.random.normal(k1, (9, channels))
+  kernel = kernel - kernel.mean(0)
+  head = jax.random.normal(k2, (channels, classes))
+  params = {"conv": (kernel / jnp.linalg.norm(kernel, axis=0)).reshape(3, 3, 1, channels),
+            "head": 20 * (head - head.mean(0))}
+  conv = lambda p, x: jax.nn.relu(jax.lax.conv_general_dilated(x, p["conv"], (1, 1), "SAME",
+                                                               dimension_numbers=("NHWC", "HWIO", "NHWC")))
+  head_fn = lambda p, h: (h @ p["head"]).mean((1, 2))
+  return report.ModelFns(apply_fn=lambda p, x: head_fn(p, conv(p, x)), features_fns={"conv1": conv},
+                         head_fn=head_fn, kernels_fn=lambda p: {"conv1": p["conv"]}), params
+
+
+def test_evaluate_runs_every_protocol_on_a_tiny_model():
+  fns, params = _tiny_model()
+  x = np.random.default_rng(0).uniform(size=(60, 8, 8, 1)).astype(np.float32)
+  y = np.array(fns.apply_fn(params, x).argmax(-1), np.int32)     # the model's own labels ...
+  y[:10] = np.arange(10)                                         # ... but every class present
+  with pytest.warns(UserWarning, match="too few confident, correctly classified"):   # 3×3 needs all 10 classes
+    out = report.evaluate(fns, params, x, y, x, y, num_grids=4, num_eval=6, num_big=4, ig_steps=4,
+                          epsilons=(0.5, 2.0))
+  assert 0.8 < out["accuracy"] < 1.0
+  assert out["pointing_game_grids"] == {"2x2": 3, "3x3": 0} and np.isnan(out["pointing_game"]["3x3"]["gradient"])
+  assert 0.0 <= out["pointing_game"]["2x2"]["gradient"] <= 1.0
+  assert set(out["deletion_insertion"]) == {"gradient", "input×gradient", "IG (4 steps)",
+                                            "backtracking (top 10%)", "BSM", "BIG (4 steps)"}
+  for aucs in out["deletion_insertion"].values():
+    assert 0.0 <= aucs["deletion"] <= 1.0 and 0.0 <= aucs["insertion"] <= 1.0
+  assert 0.0 <= out["boundary_found"] <= 1.0 and 0.0 < out["boundary_l2"] <= 2.0 + 1e-4
+  assert out["completeness_rel_error"]["IG (4 steps)"] < 1e-3
+  assert np.isfinite(out["completeness_rel_error"]["BIG (4 steps)"])
+  assert set(out["adversarial"]) == {"explainable (20 steps)", "PGD-L2 ε=3 (20 steps)"}
+  json.dumps(out)
 
 
 def test_figure_is_written(tmp_path):
   rng = np.random.default_rng(0)
-  panels = {"input": rng.uniform(size=(2, 6, 6)), "m x̂ (fc1)": rng.uniform(size=(2, 6, 6)),
+  panels = {"input": rng.uniform(size=(2, 6, 6)), "m x̂ (fc1)": rng.uniform(size=(2, 6, 6, 3)),
             "m saliency": rng.normal(size=(2, 6, 6))}
-  report.write_figure(panels, tmp_path / "f.png")
+  report.write_figure(panels, tmp_path / "f.png", title="two\nlines")
   assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# The benchmark's pieces (benchmarks/explain_acceptance.py, benchmarks/explain_report.py).
+
+def test_claims_section_checks_bort_against_sgd_and_dbort():
+  from benchmarks import explain_acceptance
+  lines = explain_acceptance.claims_section(report.summarize_seeds(_results()))
+  assert lines[0] == explain_acceptance.CLAIMS_TITLE
+  assert "- PASS — Bort PSNR > SGD PSNR (fc1): 13.00 vs 8.00 dB" in lines
+  assert "- PASS — DBort PSNR ≥ Bort PSNR (fc1): 14.00 vs 13.00 dB" in lines
+  assert "- PASS — Bort ≥ SGD on 3x3/gradient: 0.250 vs 0.200" in lines
+
+
+def test_benchmark_cache_round_trips_params_and_rejects_other_options(tmp_path):
+  pytest.importorskip("flax")
+  from flax import nnx
+  from benchmarks import explain_report
+  args = explain_report.parse_args(["--arch", "cnn", "--widths", "4", "4", "--strides", "2", "1"])
+  args.image_shape = (28, 28, 1)
+  trained = explain_report.build_model("sgd", 0, args)
+  explain_report.save_params(trained, tmp_path / "p.npz")
+  fresh = explain_report.load_params(explain_report.build_model("sgd", 1, args), tmp_path / "p.npz")
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(trained)),
+               nnx.to_pure_dict(nnx.state(fresh)))
+  with pytest.raises(ValueError, match="other shapes"):
+    explain_report.load_params(explain_report.build_model("bcos", 0, args), tmp_path / "p.npz")
+  protocol = explain_report.protocol(vars(args) | {"seeds": [0], "out": "x"})
+  assert "seeds" not in protocol and "out" not in protocol and protocol["alpha"] == "adaptive"
+  explain_report.save_result(tmp_path, "sgd", 0, protocol, {"accuracy": 0.5})
+  assert explain_report.cached_result(tmp_path, "sgd", 0, protocol) == {"accuracy": 0.5}
+  assert explain_report.cached_result(tmp_path, "sgd", 0, protocol | {"epochs": 9}) is None
+  assert explain_report.cached_result(tmp_path, "bort", 0, protocol) is None
