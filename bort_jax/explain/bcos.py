@@ -74,7 +74,7 @@ def _max_out(linear: jax.Array, max_out: int) -> jax.Array:
 
 
 def bcos_transform(linear: jax.Array, norm_sq: jax.Array, b: float, *, detach: bool = False) -> jax.Array:
-  """|cos|^(B−1) · ŵᵀx from ŵᵀx and Σx² over the input (patch), with the authors' stabilisers.
+  """``|cos|^(B−1) · ŵᵀx`` from ŵᵀx and Σx² over the input (patch), with the authors' stabilisers.
 
   Args:
     linear: ŵᵀx for unit-norm ŵ (after MaxOut).
@@ -102,7 +102,7 @@ def _unit_columns(kernel: jax.Array) -> jax.Array:
 
 class BcosDense(nnx.Module):
   """Bias-free B-cos dense layer with MaxOut: kernel (in, out · max_out); out_o = max_m of
-  |cos(x, ŵ_{o,m})|^(B−1) ŵ_{o,m}ᵀx, unit (o, m) being column o · max_out + m."""
+  ``|cos(x, ŵ_{o,m})|^(B−1) ŵ_{o,m}ᵀx``, unit (o, m) being column o · max_out + m."""
 
   def __init__(self, in_features: int, out_features: int, *, b: float = 2.0, max_out: int = 2,
                rngs: nnx.Rngs):
@@ -189,7 +189,7 @@ class BcosMLP(nnx.Module, _LogitLayer):
   """Small B-cos network on flattened ``encode_input(x)``: B-cos dense layers with MaxOut, then the logit
   layer head / T + b (b = log(1 / (C − 1)) by default, T = 1).
 
-  No biases inside and no ReLU: every layer is dynamic linear (the |cos|^(B−1) factor and MaxOut are the
+  No biases inside and no ReLU: every layer is dynamic linear (the ``|cos|^(B−1)`` factor and MaxOut are the
   non-linearities), so logits = W(x) · encoded + b exactly. Train it with :func:`bcos_bce_loss`. The former
   protocol of this module (no MaxOut, no bias, softmax cross-entropy on 10 × the output) is
   ``max_out=1, logit_bias=0.0, logit_temperature=0.1`` with ``optax.softmax_cross_entropy``.
