@@ -80,12 +80,18 @@ def check_mode(mode: str) -> str:
 check_alpha = validation.check_alpha
 
 
-def side_of(mode: str, k: km.KernelMatrix) -> str:
-  """``"row"`` (output units, Gram WWᵀ) or ``"col"`` (fan-in, Gram WᵀW) that ``mode`` constrains on ``k``."""
+def side_for(mode: str, tall: bool) -> str:
+  """``"row"`` (output units, Gram WWᵀ) or ``"col"`` (fan-in, Gram WᵀW) that ``mode`` constrains on a kernel
+  that is ``tall`` (out > fan_in) or not."""
   side = MODE_SPECS[check_mode(mode)].side
   if side == "feasible":
-    return "col" if k.is_tall else "row"
+    return "col" if tall else "row"
   return side
+
+
+def side_of(mode: str, k: km.KernelMatrix) -> str:
+  """:func:`side_for` of a :class:`~kernel_matrix.KernelMatrix`."""
+  return side_for(mode, k.is_tall)
 
 
 def constrained_side(mode: str, m: jax.Array) -> str:

@@ -44,10 +44,7 @@ def check_precision(precision: Precision) -> Optional[jax.lax.Precision]:
 
 def explicit_spec(x: jax.Array) -> Optional[Tuple]:
   """The per-axis ``PartitionSpec`` entries of ``x`` when it lives on an Explicit mesh, else ``None``."""
-  typeof = getattr(jax, "typeof", None)
-  if typeof is None:
-    return None
-  sharding = getattr(typeof(x), "sharding", None)
+  sharding = getattr(jax.typeof(x), "sharding", None)
   mesh = getattr(sharding, "mesh", None)
   axis_types = getattr(mesh, "axis_types", ())
   if not any(t == jax.sharding.AxisType.Explicit for t in axis_types):

@@ -166,10 +166,10 @@ class Description(tuple):
 
 def _side(view: views_lib.KernelView, shape, mode: str) -> str:
   *_, fan_in, out = view.matrix_shape(shape)
-  side = correction.MODE_SPECS[mode].side
   tall = out > fan_in
-  if side == "feasible":
-    return "col (tall)" if tall else "row"
+  side = correction.side_for(mode, tall)
+  if correction.MODE_SPECS[mode].side == "feasible":
+    return side + (" (tall)" if tall else "")
   return side + (" (tall: rows cannot be orthonormal; l1-full/l2-full use the feasible side)"
                  if side == "row" and tall else "")
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bort_jax import explain
+from fixed_net import net, net_apply, net_inputs
 
 ALPHA = 2.0
 
@@ -115,24 +116,6 @@ def test_summarize_reports_rate_and_l2():
   np.testing.assert_allclose(summary["l2_all"], 4.0)
 
 
-# A fixed 16-12-3 ReLU net with biases (weights drawn once from seed 0) and 8 fixed inputs in [0.2, 0.8].
-def _net():
-  rng = np.random.default_rng(0)
-  w1 = rng.normal(size=(16, 12)) * 2 * np.sqrt(2 / 16)
-  b1 = -0.5 * w1.sum(0) + 0.1 * rng.normal(size=12)
-  w2 = rng.normal(size=(12, 3)) * np.sqrt(2 / 12)
-  return [np.asarray(a, np.float32) for a in (w1, b1, w2, np.zeros(3))]
-
-
-def _net_apply(params, x):
-  w1, b1, w2, b2 = params
-  return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1) @ w2 + b2
-
-
-def _net_inputs():
-  return np.random.default_rng(10).uniform(0.2, 0.8, (8, 16)).astype(np.float32)
-
-
 def _np_logits_and_grad(params, x, dlogits=None):
   """Logits of the 16-12-3 net and, given per-sample weights on the logits, the input gradient of their sum."""
   w1, b1, w2, b2 = (np.asarray(a, np.float64) for a in params)
@@ -200,23 +183,23 @@ def test_random_start_is_uniform_in_the_l2_ball_and_clipped():
 
 
 def test_pgd_random_start_then_full_run_ends_on_the_sphere():
-  params, x = _net(), jnp.asarray(_net_inputs())
-  pred = jnp.argmax(_net_apply(params, x), axis=1)
-  start_only = explain.pgd_attack(_net_apply, params, x, pred, 1.0, norm="l2", targeted=False, steps=0,
+  params, x = net(), jnp.asarray(net_inputs())
+  pred = jnp.argmax(net_apply(params, x), axis=1)
+  start_only = explain.pgd_attack(net_apply, params, x, pred, 1.0, norm="l2", targeted=False, steps=0,
                                   step_size=0.0, clip=None, random_start=True, key=jax.random.PRNGKey(2))
   np.testing.assert_allclose(start_only.x_adv, explain.adversarial.uniform_ball_start(
       jax.random.PRNGKey(2), x, 1.0, "l2", clip=None), atol=1e-7)
-  full = explain.pgd_attack(_net_apply, params, x, pred, 1.0, norm="l2", targeted=False, steps=40,
+  full = explain.pgd_attack(net_apply, params, x, pred, 1.0, norm="l2", targeted=False, steps=40,
                             step_size=2 * 1.0 / 40 * 1.0, clip=None, random_start=True, key=jax.random.PRNGKey(2))
   assert np.all(full.success)
   np.testing.assert_allclose(full.l2, 1.0, rtol=1e-5)
 
 
 def test_cw_l2_matches_numpy_rederivation_of_foolbox_conventions():
-  params, x = _net(), _net_inputs()
+  params, x = net(), net_inputs()
   label = np.argmax(_np_logits_and_grad(params, x)[0], axis=1)
   options = dict(binary_search_steps=5, steps=40, initial_const=0.1)
-  result = explain.adversarial.cw_l2_attack(_net_apply, params, jnp.asarray(x), jnp.asarray(label),
+  result = explain.adversarial.cw_l2_attack(net_apply, params, jnp.asarray(x), jnp.asarray(label),
                                             step_size=1e-2, **options)
   expected = _np_cw_l2(params, x, label, lr=1e-2, **options)
   expected_success = np.argmax(_np_logits_and_grad(params, expected)[0], axis=1) != label
@@ -225,7 +208,7 @@ def test_cw_l2_matches_numpy_rederivation_of_foolbox_conventions():
   np.testing.assert_allclose(result.x_adv, expected, atol=1e-5)
   np.testing.assert_allclose(result.l2, np.linalg.norm(expected - x, axis=1), rtol=1e-4, atol=1e-6)
   # The early abort fires on this batch, so the comparison above covers it.
-  no_abort = explain.adversarial.cw_l2_attack(_net_apply, params, jnp.asarray(x), jnp.asarray(label),
+  no_abort = explain.adversarial.cw_l2_attack(net_apply, params, jnp.asarray(x), jnp.asarray(label),
                                               step_size=1e-2, abort_early=False, **options)
   assert np.abs(np.asarray(no_abort.x_adv) - expected).max() > 1e-3
 
@@ -248,9 +231,9 @@ def test_cw_l2_reaches_just_past_the_hyperplane_of_a_linear_model():
 
 
 def test_cw_l2_returns_the_input_where_nothing_is_found_and_clips_to_epsilon():
-  params, x = _net(), jnp.asarray(_net_inputs())
-  pred = jnp.argmax(_net_apply(params, x), axis=1)
-  none = explain.adversarial.cw_l2_attack(_net_apply, params, x, pred, binary_search_steps=1, steps=5,
+  params, x = net(), jnp.asarray(net_inputs())
+  pred = jnp.argmax(net_apply(params, x), axis=1)
+  none = explain.adversarial.cw_l2_attack(net_apply, params, x, pred, binary_search_steps=1, steps=5,
                                           initial_const=1e-6)
   assert not np.any(none.success)
   np.testing.assert_array_equal(none.x_adv, x)

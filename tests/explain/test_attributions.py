@@ -10,6 +10,7 @@ import pytest
 
 from bort_jax.explain import adversarial
 from bort_jax.explain import attributions
+from fixed_net import net, net_apply, net_inputs
 
 
 def _mlp_params(seed=0, sizes=(16, 32, 32, 3)):
@@ -27,25 +28,6 @@ def _mlp_apply(params, x):
 
 def _images(seed=1, n=6):
   return jnp.asarray(np.random.default_rng(seed).uniform(size=(n, 4, 4, 1)), jnp.float32)
-
-
-# A fixed 16-12-3 ReLU net with biases (weights drawn once from seed 0, hidden units centred on inputs in
-# [0, 1]) and 8 fixed 4×4 inputs: predictions of all three classes, boundaries 0.007–0.42 away.
-def _net():
-  rng = np.random.default_rng(0)
-  w1 = rng.normal(size=(16, 12)) * 2 * np.sqrt(2 / 16)
-  b1 = -0.5 * w1.sum(0) + 0.1 * rng.normal(size=12)
-  w2 = rng.normal(size=(12, 3)) * np.sqrt(2 / 12)
-  return [np.asarray(a, np.float32) for a in (w1, b1, w2, np.zeros(3))]
-
-
-def _net_apply(params, x):
-  w1, b1, w2, b2 = params
-  return jax.nn.relu(x.reshape(x.shape[0], -1) @ w1 + b1) @ w2 + b2
-
-
-def _net_inputs():
-  return jnp.asarray(np.random.default_rng(10).uniform(0.2, 0.8, (8, 4, 4, 1)), jnp.float32)
 
 
 def _np_logits(params, x):
@@ -138,10 +120,10 @@ def test_captum_riemann_and_gauss_legendre_points():
 
 
 def test_riemann_trapezoid_ig_on_relu_net_matches_numpy():
-  params, x = _net(), _net_inputs()
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
   target = jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
   baseline = jnp.full_like(x, 0.1)
-  ig = attributions.integrated_gradients(_net_apply, params, x, target, baseline, steps=7,
+  ig = attributions.integrated_gradients(net_apply, params, x, target, baseline, steps=7,
                                          method="riemann_trapezoid")
   expected = _np_captum_trapezoid_ig(params, _flat(x), _flat(baseline), np.asarray(target), 7)
   np.testing.assert_allclose(_flat(ig), expected, rtol=1e-4, atol=1e-6)
@@ -171,10 +153,10 @@ def test_full_pgd_stage_matches_numpy_with_foolbox_step_and_smallest_successful_
   # Without random start the PGD stage is deterministic: per radius ε, 40 steps of size r·ε with the authors'
   # relative step r = 2ε/40; the boundary point is the end point of the smallest ε whose end point is
   # misclassified.
-  params, x = _net(), _net_inputs()
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
   pred = np.argmax(_np_logits(params, _flat(x)), axis=1)
   epsilons = (0.1, 0.2, 0.4, 0.8)
-  x_boundary, found = attributions.boundary_search(_net_apply, params, x, None, epsilons, random_start=False,
+  x_boundary, found = attributions.boundary_search(net_apply, params, x, None, epsilons, random_start=False,
                                                    cw=False, clip=None)
   ends = [_np_pgd_l2(params, _flat(x), pred, eps, 40, 2 * eps / 40 * eps) for eps in epsilons]
   success = np.stack([np.argmax(_np_logits(params, end), 1) != pred for end in ends])
@@ -188,49 +170,49 @@ def test_full_pgd_stage_matches_numpy_with_foolbox_step_and_smallest_successful_
 def test_full_pgd_with_random_start_ends_on_the_sphere_of_the_chosen_radius():
   # Full PGD keeps ascending the cross-entropy after the first success, so the end point sits at distance ε;
   # with 2ε²/40 per step and ε ≥ 0.5 the 40 steps cover the radius from any random start.
-  params, x = _net(), _net_inputs()
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
   epsilons = np.array([0.5, 1.0, 2.0])
   search = dict(epsilons=tuple(epsilons), cw=False, clip=None)
-  x_boundary, found = attributions.boundary_search(_net_apply, params, x, **search)
+  x_boundary, found = attributions.boundary_search(net_apply, params, x, **search)
   distance = _distances(x_boundary, x)
   assert bool(found.all())
   nearest = epsilons[np.argmin(np.abs(distance[:, None] - epsilons[None]), axis=1)]
   np.testing.assert_allclose(distance, nearest, rtol=1e-4)
-  other_key, _ = attributions.boundary_search(_net_apply, params, x, key=jax.random.PRNGKey(1), **search)
+  other_key, _ = attributions.boundary_search(net_apply, params, x, key=jax.random.PRNGKey(1), **search)
   assert not np.allclose(other_key, x_boundary)
   # The earlier search (no random start, stop at first success, 2.5ε/steps) stops inside the ball.
   legacy, legacy_found = attributions.boundary_search(
-      _net_apply, params, x, epsilons=tuple(epsilons), pgd_steps=10, pgd_step_size=0.25, random_start=False,
+      net_apply, params, x, epsilons=tuple(epsilons), pgd_steps=10, pgd_step_size=0.25, random_start=False,
       stop_on_success=True, fallback="largest", cw=False, clip=None)
   assert bool(legacy_found.all())
   assert np.all(_distances(legacy, x) < 0.5 - 1e-3)
 
 
 def test_fallback_keeps_the_smallest_radius_point_when_no_radius_succeeds():
-  params, x = _net(), _net_inputs()
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
   pred = np.argmax(_np_logits(params, _flat(x)), axis=1)
   epsilons = (1e-3, 2e-3)                            # every boundary of this net is farther than 0.005
   kwargs = dict(epsilons=epsilons, random_start=False, cw=False, clip=None)
-  x_boundary, found = attributions.boundary_search(_net_apply, params, x, **kwargs)
+  x_boundary, found = attributions.boundary_search(net_apply, params, x, **kwargs)
   assert not bool(found.any())
   for fallback, eps in (("smallest", 1e-3), ("largest", 2e-3)):
-    got, _ = attributions.boundary_search(_net_apply, params, x, fallback=fallback, **kwargs)
+    got, _ = attributions.boundary_search(net_apply, params, x, fallback=fallback, **kwargs)
     expected = _np_pgd_l2(params, _flat(x), pred, eps, 40, 2 * eps**2 / 40)
     np.testing.assert_allclose(_flat(got) - _flat(x), expected - _flat(x), atol=1e-5)   # 1 % of ε
   # With random start the kept point lies in the smallest ball; CW finds boundary points (farther than the
   # fallback point) that must not replace it.
-  x_boundary, found = attributions.boundary_search(_net_apply, params, x, epsilons=epsilons, clip=None)
+  x_boundary, found = attributions.boundary_search(net_apply, params, x, epsilons=epsilons, clip=None)
   assert not bool(found.any())
   assert np.all(_distances(x_boundary, x) <= 1e-3 * (1 + 1e-4))
 
 
 def test_cw_stage_replaces_pgd_points_with_closer_boundary_points():
-  params, x = _net(), _net_inputs()
-  pred = jnp.argmax(_net_apply(params, x), axis=-1)
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
+  pred = jnp.argmax(net_apply(params, x), axis=-1)
   search = dict(epsilons=(0.1, 0.2, 0.4, 0.8), key=jax.random.PRNGKey(3))
-  pgd_only, pgd_found = attributions.boundary_search(_net_apply, params, x, cw=False, **search)
-  both, both_found = attributions.boundary_search(_net_apply, params, x, **search)
-  cw = adversarial.cw_l2_attack(_net_apply, params, x, pred, clip=(0.0, 1.0))
+  pgd_only, pgd_found = attributions.boundary_search(net_apply, params, x, cw=False, **search)
+  both, both_found = attributions.boundary_search(net_apply, params, x, **search)
+  cw = adversarial.cw_l2_attack(net_apply, params, x, pred, clip=(0.0, 1.0))
   assert bool(pgd_found.all()) and bool(both_found.all()) and bool(cw.success.all())
   assert np.all(np.asarray(cw.l2) < 1.0)             # within the authors' CW radius: no clipping
   cw_distance, pgd_distance = np.asarray(cw.l2), _distances(pgd_only, x)
@@ -240,46 +222,46 @@ def test_cw_stage_replaces_pgd_points_with_closer_boundary_points():
 
 
 def test_bsm_and_big_match_numpy_given_the_same_boundary_point():
-  params, x = _net(), _net_inputs()
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
   search = dict(epsilons=(0.1, 0.2, 0.4, 0.8))
-  x_boundary, found = attributions.boundary_search(_net_apply, params, x, **search)
+  x_boundary, found = attributions.boundary_search(net_apply, params, x, **search)
   assert bool(found.all())
   pred = np.argmax(_np_logits(params, _flat(x)), axis=1)
-  big = attributions.boundary_integrated_gradients(_net_apply, params, x, **search)      # defaults: 50 points
+  big = attributions.boundary_integrated_gradients(net_apply, params, x, **search)      # defaults: 50 points
   expected = _np_captum_trapezoid_ig(params, _flat(x), _flat(x_boundary), pred, 50)
   np.testing.assert_allclose(_flat(big), expected, rtol=1e-4, atol=1e-6)
-  given = attributions.boundary_integrated_gradients(_net_apply, params, x, x_boundary=x_boundary, steps=50)
+  given = attributions.boundary_integrated_gradients(net_apply, params, x, x_boundary=x_boundary, steps=50)
   np.testing.assert_allclose(given, big, rtol=1e-6, atol=1e-7)
-  bsm = attributions.boundary_saliency(_net_apply, params, x, **search)
+  bsm = attributions.boundary_saliency(net_apply, params, x, **search)
   np.testing.assert_allclose(_flat(bsm), _np_input_grad(params, _flat(x_boundary), np.eye(3)[pred]),
                              rtol=1e-5, atol=1e-6)
-  midpoint = attributions.boundary_integrated_gradients(_net_apply, params, x, x_boundary=x_boundary,
+  midpoint = attributions.boundary_integrated_gradients(net_apply, params, x, x_boundary=x_boundary,
                                                         steps=50, method="riemann_middle")
   assert not np.allclose(midpoint, big)
 
 
 def test_boundary_attributions_explain_the_predicted_class_by_default():
-  params, x = _net(), _net_inputs()
-  pred = jnp.argmax(_net_apply(params, x), axis=-1)
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
+  pred = jnp.argmax(net_apply(params, x), axis=-1)
   assert len(set(np.asarray(pred).tolist())) == 3
   search = dict(epsilons=(0.1, 0.2, 0.4, 0.8), cw=False)
-  x_boundary, found = attributions.boundary_search(_net_apply, params, x, **search)
-  np.testing.assert_array_equal(x_boundary, attributions.boundary_search(_net_apply, params, x, pred, **search)[0])
+  x_boundary, found = attributions.boundary_search(net_apply, params, x, **search)
+  np.testing.assert_array_equal(x_boundary, attributions.boundary_search(net_apply, params, x, pred, **search)[0])
   assert bool(found.all())
-  assert np.all(np.argmax(_net_apply(params, x_boundary), -1) != np.asarray(pred))
+  assert np.all(np.argmax(net_apply(params, x_boundary), -1) != np.asarray(pred))
   for method in (attributions.boundary_saliency, attributions.boundary_integrated_gradients):
-    default = method(_net_apply, params, x, x_boundary=x_boundary)
-    np.testing.assert_array_equal(default, method(_net_apply, params, x, pred, x_boundary=x_boundary))
-    assert not np.allclose(default, method(_net_apply, params, x, (pred + 1) % 3, x_boundary=x_boundary))
+    default = method(net_apply, params, x, x_boundary=x_boundary)
+    np.testing.assert_array_equal(default, method(net_apply, params, x, pred, x_boundary=x_boundary))
+    assert not np.allclose(default, method(net_apply, params, x, (pred + 1) % 3, x_boundary=x_boundary))
 
 
 def test_boundary_search_jits_with_static_options():
-  params, x = _net(), _net_inputs()
+  params, x = net(), jnp.asarray(net_inputs((8, 4, 4, 1)))
   search = jax.jit(attributions.boundary_search, static_argnums=(0, 4),
                    static_argnames=("pgd_steps", "cw", "clip", "cw_steps", "cw_binary_search_steps"))
-  x_boundary, found = search(_net_apply, params, x, None, (0.1, 0.2, 0.4, 0.8), pgd_steps=10, cw_steps=10,
+  x_boundary, found = search(net_apply, params, x, None, (0.1, 0.2, 0.4, 0.8), pgd_steps=10, cw_steps=10,
                              cw_binary_search_steps=3)
-  eager = attributions.boundary_search(_net_apply, params, x, None, (0.1, 0.2, 0.4, 0.8), pgd_steps=10,
+  eager = attributions.boundary_search(net_apply, params, x, None, (0.1, 0.2, 0.4, 0.8), pgd_steps=10,
                                        cw_steps=10, cw_binary_search_steps=3)
   np.testing.assert_allclose(x_boundary, eager[0], atol=1e-6)
   np.testing.assert_array_equal(found, eager[1])
