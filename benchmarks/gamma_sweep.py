@@ -43,14 +43,13 @@ CIFAR-10 is not swept: a CNN sweep would not fit this CPU budget, and the shared
 
 import argparse
 import dataclasses
-import json
 import os
 import shlex
 import pathlib
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +58,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import gamma_sweep_report as report
+from benchmarks import jsonl_records
 from bort_jax.explain import reconstruction
 from examples import data as data_lib
 from examples import models as models_lib
@@ -130,48 +130,6 @@ class Setting:
     return {k: getattr(self, k) for k in ("optimizer", "learning_rate", "weight_decay", "gamma", "alpha", "mode")}
 
 
-# ----------------------------------------------------------------------------------------------- records
-
-
-def read_records(path: pathlib.Path) -> list[dict]:
-  """Records of a JSONL file, first one per key; a line cut short by a kill is ignored."""
-  records, seen = [], set()
-  if not path.exists():
-    return records
-  for line in path.read_text().splitlines():
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      continue
-    if isinstance(record, dict) and "key" in record and record["key"] not in seen:
-      seen.add(record["key"])
-      records.append(record)
-  return records
-
-
-def append_record(path: pathlib.Path, record: dict):
-  """Appends one record as one line, flushed to disk (a finished setting survives a kill right after)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
-  with open(path, "a") as f:
-    f.write(("\n" if cut else "") + json.dumps(record, sort_keys=True) + "\n")  # a cut line stays apart
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def merge_records(path: pathlib.Path, others: Iterable[pathlib.Path]) -> int:
-  """Appends the records of `others` whose keys `path` lacks; returns how many."""
-  have = {r["key"] for r in read_records(path)}
-  added = 0
-  for other in others:
-    for record in read_records(pathlib.Path(other)):
-      if record["key"] not in have:
-        append_record(path, record)
-        have.add(record["key"])
-        added += 1
-  return added
-
-
 # ----------------------------------------------------------------------------------------------- runs
 
 
@@ -225,7 +183,7 @@ class Sweep:
     """This budget's records (other epoch budgets, batch sizes or train limits are left out)."""
     budget = dict(dataset=self.dataset, model=self.model, epochs=self.epochs, batch_size=self.batch_size,
                   train_limit=self.train_limit)
-    return [r for r in read_records(self.jsonl) if all(r.get(k) == v for k, v in budget.items())]
+    return [r for r in jsonl_records.read_records(self.jsonl) if all(r.get(k) == v for k, v in budget.items())]
 
   # -- the settings of each stage
 
@@ -273,14 +231,14 @@ class Sweep:
   # -- running
 
   def run_all(self, settings: Sequence[Setting]):
-    done = {r["key"] for r in read_records(self.jsonl)}
+    done = {r["key"] for r in jsonl_records.read_records(self.jsonl)}
     todo = [s for s in settings if s.key not in done]
     print(f"{self.name}: {len(settings) - len(todo)} of {len(settings)} settings already finished, "
           f"{len(todo)} to run", flush=True)
     for i, setting in enumerate(todo, 1):
       record = run_setting(setting, self.cli_model, self.workdir / self.name, self.data_dir, self.command,
                            keep_workdir=self.keep_workdirs)
-      append_record(self.jsonl, record)
+      jsonl_records.append_record(self.jsonl, record)
       split = "val" if setting.split == HOLDOUT else "test"
       print(f"[{i}/{len(todo)}] {setting.key}: {split} acc {record[f'{split}_accuracy']:.4f} gap "
             f"{record['gap']:.4f} PSNR {record[f'{split}_psnr']:.2f} fitted {record[f'{split}_psnr_fitted']:.2f} dB "
@@ -416,7 +374,7 @@ def main(argv=None):
   args = parse_args(argv)
   sweep = sweep_from_args(args, shlex.join(argv))
   if args.merge_from:
-    print(f"merged {merge_records(sweep.jsonl, map(pathlib.Path, args.merge_from))} record(s) into {sweep.jsonl}")
+    print(f"merged {jsonl_records.merge_records(sweep.jsonl, map(pathlib.Path, args.merge_from))} record(s) into {sweep.jsonl}")
   stages = ("baselines", "bort", "final") if args.stage == "all" else (args.stage,)
   for stage in stages:
     if stage == "baselines":

@@ -8,6 +8,7 @@ import pytest
 
 from benchmarks import gamma_sweep as gs
 from benchmarks import gamma_sweep_report as report
+from benchmarks import jsonl_records
 from examples import data as data_lib
 from examples import train
 from examples.configs import mnist_mlp
@@ -103,14 +104,14 @@ def test_selection_follows_validation_where_test_disagrees():
 
 def test_records_merge_and_survive_a_cut_line(tmp_path):
   a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-  gs.append_record(a, {"key": "x", "v": 1})
-  gs.append_record(b, {"key": "x", "v": 2})
-  gs.append_record(b, {"key": "y", "v": 3})
+  jsonl_records.append_record(a, {"key": "x", "v": 1})
+  jsonl_records.append_record(b, {"key": "x", "v": 2})
+  jsonl_records.append_record(b, {"key": "y", "v": 3})
   with open(a, "a") as f:
     f.write('{"key": "z", "v"')  # a line cut short by a kill
-  assert [r["key"] for r in gs.read_records(a)] == ["x"]
-  assert gs.merge_records(a, [b]) == 1
-  assert {r["key"]: r["v"] for r in gs.read_records(a)} == {"x": 1, "y": 3}
+  assert [r["key"] for r in jsonl_records.read_records(a)] == ["x"]
+  assert jsonl_records.merge_records(a, [b]) == 1
+  assert {r["key"]: r["v"] for r in jsonl_records.read_records(a)} == {"x": 1, "y": 3}
 
 
 def test_tiny_sweep_writes_table_and_plot_and_resumes(data_dir, tmp_path, monkeypatch):
