@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -119,12 +120,28 @@ def build_model(kind: str, seed: int, args) -> nnx.Module:
   return models.make_model(args.arch, kind, seed, args.widths, image_shape=args.image_shape, strides=args.strides)
 
 
-def train(kind: str, seed: int, x_train, y_train, args):
-  """Train one model; returns (model, seconds)."""
+def train(kind: str, seed: int, x_train, y_train, args, checkpoint: pathlib.Path | None = None,
+          wanted: dict | None = None):
+  """Train one model; returns (model, seconds).
+
+  With ``checkpoint``, parameters and optimizer state are saved there after every epoch (with ``wanted``, the
+  protocol) and a later call with the same protocol continues after the last saved epoch, with the same
+  shuffles; the file is removed once training ends.
+  """
   model = build_model(kind, seed, args)
   graphdef, params = nnx.split(model)
   optimizer = make_optimizer(kind, args, model)
   opt_state = optimizer.init(params)
+  stamp = json.dumps(wanted, sort_keys=True)
+  first_epoch, elapsed = 0, 0.0
+  if checkpoint is not None and checkpoint.exists():
+    leaves, treedef = jax.tree_util.tree_flatten((params, opt_state))
+    with np.load(checkpoint) as d:
+      if str(d["protocol"]) == stamp and int(d["leaves"]) == len(leaves):
+        params, opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(d[f"leaf_{i}"])
+                                                                   for i in range(len(leaves))])
+        first_epoch, elapsed = int(d["epoch"]), float(d["seconds"])
+        print(f"  {kind} seed {seed}: continuing after epoch {first_epoch} ({checkpoint.name})", flush=True)
 
   def loss_fn(p, x, y):
     net = nnx.merge(graphdef, p)
@@ -141,14 +158,24 @@ def train(kind: str, seed: int, x_train, y_train, args):
     return optax.apply_updates(p, updates), s, loss
 
   rng = np.random.default_rng(seed)
-  start, batches = time.time(), len(x_train) // args.batch_size
+  start, batches = time.time() - elapsed, len(x_train) // args.batch_size
   for epoch in range(args.epochs):
-    order = rng.permutation(len(x_train))
+    order = rng.permutation(len(x_train))                   # drawn for skipped epochs too: same shuffles
+    if epoch < first_epoch:
+      continue
     for b in range(batches):
       idx = order[b * args.batch_size:(b + 1) * args.batch_size]
       params, opt_state, loss = step(params, opt_state, x_train[idx], y_train[idx])
     print(f"  {kind} seed {seed} epoch {epoch + 1}: loss {float(loss):.4f} ({time.time() - start:.0f}s)",
           flush=True)
+    if checkpoint is not None and epoch + 1 < args.epochs:
+      leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves((params, opt_state))]
+      tmp = checkpoint.with_suffix(".tmp.npz")
+      np.savez(tmp, protocol=stamp, epoch=epoch + 1, seconds=time.time() - start, leaves=len(leaves),
+               **{f"leaf_{i}": v for i, v in enumerate(leaves)})
+      tmp.replace(checkpoint)
+  if checkpoint is not None:
+    checkpoint.unlink(missing_ok=True)
   return nnx.merge(graphdef, params), time.time() - start
 
 
@@ -311,7 +338,8 @@ def main(argv=None):
           model = load_params(model, params_path)
         print(f"  {kind} seed {seed}: cached ({run_dir.name}/{kind}_seed{seed}.json)", flush=True)
       else:
-        model, seconds = train(kind, seed, x_train, y_train, args)
+        model, seconds = train(kind, seed, x_train, y_train, args, run_dir / f"{kind}_seed{seed}.epoch.npz",
+                               wanted)
         save_params(model, params_path)
         fns = fns_by_family.setdefault(family, models.model_fns(args.arch, kind, model, args.image_shape))
         eval_start = time.time()

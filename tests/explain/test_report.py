@@ -159,3 +159,46 @@ def test_benchmark_cache_round_trips_params_and_rejects_other_options(tmp_path):
   assert explain_report.cached_result(tmp_path, "sgd", 0, protocol) == {"accuracy": 0.5}
   assert explain_report.cached_result(tmp_path, "sgd", 0, protocol | {"epochs": 9}) is None
   assert explain_report.cached_result(tmp_path, "bort", 0, protocol) is None
+
+
+class _InterruptedImages:
+  """Training images that raise KeyboardInterrupt on the first batch of epoch ``stop_epoch`` (1-based)."""
+
+  def __init__(self, images, batches_per_epoch, stop_epoch):
+    self.images, self.calls, self.limit = images, 0, batches_per_epoch * (stop_epoch - 1)
+
+  def __len__(self):
+    return len(self.images)
+
+  def __getitem__(self, index):
+    self.calls += 1
+    if self.calls > self.limit:
+      raise KeyboardInterrupt
+    return self.images[index]
+
+
+@pytest.mark.parametrize("kind", ["bort", "bcos"])
+def test_benchmark_training_continues_after_an_interruption_with_the_same_result(tmp_path, kind):
+  pytest.importorskip("flax")
+  from flax import nnx
+  from benchmarks import explain_report
+  args = explain_report.parse_args(["--arch", "cnn", "--widths", "4", "4", "--strides", "2", "1", "--epochs", "3",
+                                    "--batch-size", "16"])
+  args.image_shape = (28, 28, 1)
+  rng = np.random.default_rng(0)
+  x, y = rng.uniform(size=(48, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 48)
+  protocol = explain_report.protocol(vars(args))
+  straight, _ = explain_report.train(kind, 0, x, y, args)
+  checkpoint = tmp_path / f"{kind}.epoch.npz"
+  with pytest.raises(KeyboardInterrupt):
+    explain_report.train(kind, 0, _InterruptedImages(x, 3, stop_epoch=3), y, args, checkpoint, protocol)
+  with np.load(checkpoint) as saved:
+    assert int(saved["epoch"]) == 2
+  assert explain_report.train(kind, 0, x, y, args, checkpoint, protocol | {"lr": 1.0})[0] is not None
+  assert not checkpoint.exists()                            # another protocol: trained from scratch, file removed
+  with pytest.raises(KeyboardInterrupt):
+    explain_report.train(kind, 0, _InterruptedImages(x, 3, stop_epoch=3), y, args, checkpoint, protocol)
+  resumed, _ = explain_report.train(kind, 0, x, y, args, checkpoint, protocol)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+               nnx.to_pure_dict(nnx.state(straight)), nnx.to_pure_dict(nnx.state(resumed)))
+  assert not checkpoint.exists()
