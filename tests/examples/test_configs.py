@@ -139,3 +139,26 @@ def test_bad_config_fails_before_anything_is_written(tmp_path):
   with pytest.raises(ValueError, match=r"config\.optimizer='adam'"):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
+
+
+SWEPT = {"mnist_mlp": "gamma_sweep_mnist_mlp.jsonl", "mnist_lenet": "gamma_sweep_mnist_lenet.jsonl"}
+
+
+@pytest.mark.parametrize("name", sorted(SWEPT))
+def test_recipes_are_the_settings_the_committed_gamma_sweep_selected(name):
+  """The recipes cite `benchmarks/results/gamma_sweep_*.md`: re-select from its records (validation only)."""
+  from benchmarks import gamma_sweep_report as sweep_report
+  from benchmarks import jsonl_records
+  path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks/results" / SWEPT[name]
+  recipes = _module(name).RECIPES
+  records = jsonl_records.read_records(path)
+  for family in ("sgd", "adamw"):
+    chosen = sweep_report.select(records, family, sweep_report.PSNR_METRIC[records[0]["model"]])
+    baseline, bort = chosen["baseline"], chosen["bort_max_psnr"]
+    for recipe in (family, f"bort_{family}"):
+      assert recipes[recipe]["learning_rate"] == baseline["learning_rate"]
+      assert recipes[recipe]["weight_decay"] == baseline["weight_decay"]
+    config = _module(name).get_config(f"bort_{family}")
+    assert (config.gamma, config.bort_mode) == (bort["gamma"], bort["mode"])
+    assert config.adaptive_alpha == (bort["alpha"] == "adaptive")
+    assert bort["alpha"] == "adaptive" or config.alpha == float(bort["alpha"])
