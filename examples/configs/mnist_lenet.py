@@ -23,16 +23,22 @@ to orthogonal at the same gamma. AdamW's correction is not Adam-scaled (BortA), 
 
 from examples.configs import default
 
-_SGD = dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
-_ADAMW = dict(learning_rate=3e-3, weight_decay=1e-4)
-_BORT = dict(bort_mode="l1-full", alpha=1.0, adaptive_alpha=False)
-RECIPES = {
-    "sgd": dict(optimizer="sgd", **_SGD),
-    "bort_sgd": dict(optimizer="bort_sgd", gamma=0.03, **_SGD, **_BORT),
-    "dbort_sgd": dict(optimizer="bort_sgd", gamma=0.03, dbort_lambda=1e-3, dbort_beta=0.1, **_SGD, **_BORT),
-    "adamw": dict(optimizer="adamw", **_ADAMW),
-    "bort_adamw": dict(optimizer="bort_adamw", gamma=0.5, **_ADAMW, **_BORT),
-}
+
+def make_recipes(sgd: dict, adamw: dict, bort: dict, sgd_gamma: float, adamw_gamma: float) -> dict[str, dict]:
+  """The five recipes from the two tuned baselines' fields and the shared Bort fields."""
+  return {
+      "sgd": dict(optimizer="sgd", **sgd),
+      "bort_sgd": dict(optimizer="bort_sgd", gamma=sgd_gamma, **sgd, **bort),
+      "dbort_sgd": dict(optimizer="bort_sgd", gamma=sgd_gamma, dbort_lambda=1e-3, dbort_beta=0.1, **sgd, **bort),
+      "adamw": dict(optimizer="adamw", **adamw),
+      "bort_adamw": dict(optimizer="bort_adamw", gamma=adamw_gamma, **adamw, **bort),
+  }
+
+
+RECIPES = make_recipes(sgd=dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4),
+                       adamw=dict(learning_rate=3e-3, weight_decay=1e-4),
+                       bort=dict(bort_mode="l1-full", alpha=1.0, adaptive_alpha=False),
+                       sgd_gamma=0.03, adamw_gamma=0.5)
 
 
 def get_config(recipe: str = "bort_sgd"):

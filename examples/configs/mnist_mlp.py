@@ -19,16 +19,10 @@ These configs train 15 epochs, the sweep 10.
 from examples.configs import default
 from examples.configs import mnist_lenet
 
-_SGD = dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4)
-_ADAMW = dict(learning_rate=1e-3, weight_decay=1e-2)
-_BORT = dict(bort_mode="l2-full", alpha=1.0, adaptive_alpha=True)
-RECIPES = {
-    "sgd": dict(optimizer="sgd", **_SGD),
-    "bort_sgd": dict(optimizer="bort_sgd", gamma=0.03, **_SGD, **_BORT),
-    "dbort_sgd": dict(optimizer="bort_sgd", gamma=0.03, dbort_lambda=1e-3, dbort_beta=0.1, **_SGD, **_BORT),
-    "adamw": dict(optimizer="adamw", **_ADAMW),
-    "bort_adamw": dict(optimizer="bort_adamw", gamma=1.5, **_ADAMW, **_BORT),
-}
+RECIPES = mnist_lenet.make_recipes(sgd=dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4),
+                                   adamw=dict(learning_rate=1e-3, weight_decay=1e-2),
+                                   bort=dict(bort_mode="l2-full", alpha=1.0, adaptive_alpha=True),
+                                   sgd_gamma=0.03, adamw_gamma=1.5)
 
 
 def get_config(recipe: str = "bort_sgd"):
