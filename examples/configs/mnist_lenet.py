@@ -24,21 +24,26 @@ to orthogonal at the same gamma. AdamW's correction is not Adam-scaled (BortA), 
 from examples.configs import default
 
 
-def make_recipes(sgd: dict, adamw: dict, bort: dict, sgd_gamma: float, adamw_gamma: float) -> dict[str, dict]:
-  """The five recipes from the two tuned baselines' fields and the shared Bort fields."""
+def make_recipes(sgd: dict, adamw: dict, bort_sgd: dict, bort_adamw: dict) -> dict[str, dict]:
+  """The five recipes from the tuned baselines' fields and each family's Bort fields (gamma, mode, alpha)."""
   return {
       "sgd": dict(optimizer="sgd", **sgd),
-      "bort_sgd": dict(optimizer="bort_sgd", gamma=sgd_gamma, **sgd, **bort),
-      "dbort_sgd": dict(optimizer="bort_sgd", gamma=sgd_gamma, dbort_lambda=1e-3, dbort_beta=0.1, **sgd, **bort),
+      "bort_sgd": dict(optimizer="bort_sgd", **sgd, **bort_sgd),
+      "dbort_sgd": dict(optimizer="bort_sgd", dbort_lambda=1e-3, dbort_beta=0.1, **sgd, **bort_sgd),
       "adamw": dict(optimizer="adamw", **adamw),
-      "bort_adamw": dict(optimizer="bort_adamw", gamma=adamw_gamma, **adamw, **bort),
+      "bort_adamw": dict(optimizer="bort_adamw", **adamw, **bort_adamw),
   }
+
+
+def bort_fields(gamma: float, mode: str, alpha: str) -> dict:
+  """A recipe's Bort fields; ``alpha`` "1" or "adaptive", as the γ sweep's tables write it."""
+  return dict(gamma=gamma, bort_mode=mode, alpha=1.0, adaptive_alpha=alpha == "adaptive")
 
 
 RECIPES = make_recipes(sgd=dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4),
                        adamw=dict(learning_rate=3e-3, weight_decay=1e-4),
-                       bort=dict(bort_mode="l1-full", alpha=1.0, adaptive_alpha=False),
-                       sgd_gamma=0.03, adamw_gamma=0.5)
+                       bort_sgd=bort_fields(0.03, "l1-full", "1"),
+                       bort_adamw=bort_fields(0.5, "l1-full", "1"))
 
 
 def get_config(recipe: str = "bort_sgd"):

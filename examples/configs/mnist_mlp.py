@@ -21,8 +21,8 @@ from examples.configs import mnist_lenet
 
 RECIPES = mnist_lenet.make_recipes(sgd=dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4),
                                    adamw=dict(learning_rate=1e-3, weight_decay=1e-2),
-                                   bort=dict(bort_mode="l2-full", alpha=1.0, adaptive_alpha=True),
-                                   sgd_gamma=0.03, adamw_gamma=1.5)
+                                   bort_sgd=mnist_lenet.bort_fields(0.03, "l2-full", "adaptive"),
+                                   bort_adamw=mnist_lenet.bort_fields(1.5, "l2-full", "adaptive"))
 
 
 def get_config(recipe: str = "bort_sgd"):
