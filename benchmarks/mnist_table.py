@@ -27,17 +27,24 @@ import numpy as np
 
 from examples import optimizers
 from examples import train
+from examples.configs import fashion_mnist_lenet
+from examples.configs import fashion_mnist_mlp
 from examples.configs import mnist_lenet
 from examples.configs import mnist_mlp
 
-# Each model's recipes: examples/configs/mnist_{mlp,lenet}.py (the Fashion-MNIST files reuse them).
+# Each (dataset, model)'s recipes, chosen by benchmarks/gamma_sweep.py (mnist_small reads the MNIST ones).
 CONFIGS = {"mlp": mnist_mlp, "lenet5": mnist_lenet}
+FASHION_CONFIGS = {"mlp": fashion_mnist_mlp, "lenet5": fashion_mnist_lenet}
 OPTIMIZERS = tuple(optimizers.OPTIMIZERS)
 MODELS = tuple(CONFIGS)
 
 
+def config_module(dataset: str, model: str):
+  return (FASHION_CONFIGS if dataset == "fashion_mnist" else CONFIGS)[model]
+
+
 def make_config(dataset: str, model: str, optimizer: str, epochs: int, args) -> ml_collections.ConfigDict:
-  config = CONFIGS[model].get_config(optimizer)
+  config = config_module(dataset, model).get_config(optimizer)
   config.update(dict(dataset=dataset, model=model, num_epochs=epochs, batch_size=args.batch_size,
                      eval_batch_size=1000, warmup_epochs=min(0.5, epochs / 4), progress_bar=False,
                      train_limit=args.train_limit, num_classes=10))  # all --dataset choices have 10
@@ -109,7 +116,8 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
             "cosine learning-rate decay to 0 after a linear warmup of min(0.5, epochs/4) epochs.",
             "- Models: `mlp` (784-256-256-10, ReLU) and `lenet5`, with biases, float32; epochs as in the "
             "table.",
-            "- Optimizers: the recipes of `examples/configs/mnist_{mlp,lenet}.py` (settings column, after "
+            f"- Optimizers: the recipes of `examples/configs/{config_module(dataset, 'mlp').__name__.split('.')[-1]}.py` "
+            f"and `{config_module(dataset, 'lenet5').__name__.split('.')[-1]}.py` (settings column, after "
             f"overrides {args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; "
             "Bort corrects every conv/dense kernel (not biases)."]
   lines += ["- Orthogonality gap: `bort_jax.orthogonality_gap(params)` `offdiag` statistic (RMS of the "

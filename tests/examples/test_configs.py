@@ -142,7 +142,8 @@ def test_bad_config_fails_before_anything_is_written(tmp_path):
 
 
 SWEPT = {"mnist_mlp": "gamma_sweep_mnist_mlp.jsonl", "mnist_lenet": "gamma_sweep_mnist_lenet.jsonl",
-         "fashion_mnist_mlp": "gamma_sweep_fashion_mnist_mlp.jsonl"}
+         "fashion_mnist_mlp": "gamma_sweep_fashion_mnist_mlp.jsonl",
+         "fashion_mnist_lenet": "gamma_sweep_fashion_mnist_lenet.jsonl"}
 
 
 @pytest.mark.parametrize("name", sorted(SWEPT))
