@@ -142,6 +142,8 @@ def train(kind: str, seed: int, x_train, y_train, args, checkpoint: pathlib.Path
                                                                    for i in range(len(leaves))])
         first_epoch, elapsed = int(d["epoch"]), float(d["seconds"])
         print(f"  {kind} seed {seed}: continuing after epoch {first_epoch} ({checkpoint.name})", flush=True)
+      else:
+        print(f"  {checkpoint.name}: saved with other options; training from the start", flush=True)
 
   def loss_fn(p, x, y):
     net = nnx.merge(graphdef, p)

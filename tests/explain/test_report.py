@@ -178,7 +178,7 @@ class _InterruptedImages:
 
 
 @pytest.mark.parametrize("kind", ["bort", "bcos"])
-def test_benchmark_training_continues_after_an_interruption_with_the_same_result(tmp_path, kind):
+def test_benchmark_training_continues_after_an_interruption_with_the_same_result(tmp_path, kind, capsys):
   pytest.importorskip("flax")
   from flax import nnx
   from benchmarks import explain_report
@@ -195,6 +195,7 @@ def test_benchmark_training_continues_after_an_interruption_with_the_same_result
   with np.load(checkpoint) as saved:
     assert int(saved["epoch"]) == 2
   assert explain_report.train(kind, 0, x, y, args, checkpoint, protocol | {"lr": 1.0})[0] is not None
+  assert "saved with other options; training from the start" in capsys.readouterr().out
   assert not checkpoint.exists()                            # another protocol: trained from scratch, file removed
   with pytest.raises(KeyboardInterrupt):
     explain_report.train(kind, 0, _InterruptedImages(x, 3, stop_epoch=3), y, args, checkpoint, protocol)
