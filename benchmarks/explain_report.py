@@ -37,10 +37,7 @@ from bort_jax.explain import report
 DATASETS = ("mnist", "cifar10")
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
 # Per-dataset defaults of the options left None on the command line.
-DEFAULTS = {
-    "mnist": {"epochs": 2, "num_grids": 100},
-    "cifar10": {"epochs": 10, "num_grids": 100},
-}
+DEFAULTS = {"mnist": {"epochs": 2}, "cifar10": {"epochs": 10}}
 TEST_ORDER_SEED = 0
 JPEG_NOTE = ("CIFAR-10 from the shared copy, whose images are JPEG-compressed: not the original pixels, so the "
              "numbers are not comparable to published CIFAR-10 results")
@@ -135,15 +132,12 @@ def train(kind: str, seed: int, x_train, y_train, args, checkpoint: pathlib.Path
   stamp = json.dumps(wanted, sort_keys=True)
   first_epoch, elapsed = 0, 0.0
   if checkpoint is not None and checkpoint.exists():
-    leaves, treedef = jax.tree_util.tree_flatten((params, opt_state))
-    with np.load(checkpoint) as d:
-      if str(d["protocol"]) == stamp and int(d["leaves"]) == len(leaves):
-        params, opt_state = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(d[f"leaf_{i}"])
-                                                                   for i in range(len(leaves))])
-        first_epoch, elapsed = int(d["epoch"]), float(d["seconds"])
-        print(f"  {kind} seed {seed}: continuing after epoch {first_epoch} ({checkpoint.name})", flush=True)
-      else:
-        print(f"  {checkpoint.name}: saved with other options; training from the start", flush=True)
+    resumed = load_checkpoint(checkpoint, (params, opt_state), stamp)
+    if resumed is None:
+      print(f"  {checkpoint.name}: saved with other options; training from the start", flush=True)
+    else:
+      (params, opt_state), first_epoch, elapsed = resumed
+      print(f"  {kind} seed {seed}: continuing after epoch {first_epoch} ({checkpoint.name})", flush=True)
 
   def loss_fn(p, x, y):
     net = nnx.merge(graphdef, p)
@@ -171,11 +165,8 @@ def train(kind: str, seed: int, x_train, y_train, args, checkpoint: pathlib.Path
     print(f"  {kind} seed {seed} epoch {epoch + 1}: loss {float(loss):.4f} ({time.time() - start:.0f}s)",
           flush=True)
     if checkpoint is not None and epoch + 1 < args.epochs:
-      leaves = [np.asarray(v) for v in jax.tree_util.tree_leaves((params, opt_state))]
-      tmp = checkpoint.with_suffix(".tmp.npz")
-      np.savez(tmp, protocol=stamp, epoch=epoch + 1, seconds=time.time() - start, leaves=len(leaves),
-               **{f"leaf_{i}": v for i, v in enumerate(leaves)})
-      tmp.replace(checkpoint)
+      _write_leaves(checkpoint, jax.tree_util.tree_leaves((params, opt_state)), protocol=stamp, epoch=epoch + 1,
+                    seconds=time.time() - start)
   if checkpoint is not None:
     checkpoint.unlink(missing_ok=True)
   return nnx.merge(graphdef, params), time.time() - start
@@ -191,11 +182,17 @@ def _leaves(model: nnx.Module) -> tuple[list[str], list[np.ndarray], Any]:
   return [jax.tree_util.keystr(path) for path, _ in flat], [np.asarray(v) for _, v in flat], treedef
 
 
+def _write_leaves(path: pathlib.Path, leaves, **meta) -> None:
+  """``leaves`` as ``leaf_0 … leaf_{n−1}`` plus ``meta`` in one .npz, replaced atomically (a kill keeps the
+  old file)."""
+  tmp = path.with_suffix(".tmp.npz")
+  np.savez(tmp, **meta, leaves=len(leaves), **{f"leaf_{i}": np.asarray(v) for i, v in enumerate(leaves)})
+  tmp.replace(path)
+
+
 def save_params(model: nnx.Module, path: pathlib.Path) -> None:
   names, values, _ = _leaves(model)
-  tmp = path.with_suffix(".tmp.npz")
-  np.savez(tmp, names=np.asarray(names), **{f"leaf_{i}": v for i, v in enumerate(values)})
-  tmp.replace(path)
+  _write_leaves(path, values, names=np.asarray(names))
 
 
 def load_params(model: nnx.Module, path: pathlib.Path) -> nnx.Module:
@@ -211,6 +208,17 @@ def load_params(model: nnx.Module, path: pathlib.Path) -> nnx.Module:
   nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, loaded))
   nnx.update(model, state)
   return model
+
+
+def load_checkpoint(path: pathlib.Path, like, stamp: str):
+  """(tree shaped as ``like``, epochs done, seconds spent) from a training checkpoint saved under the protocol
+  ``stamp``; None when it was saved under another protocol or for another tree."""
+  leaves, treedef = jax.tree_util.tree_flatten(like)
+  with np.load(path) as d:
+    if str(d["protocol"]) != stamp or int(d["leaves"]) != len(leaves):
+      return None
+    tree = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(d[f"leaf_{i}"]) for i in range(len(leaves))])
+    return tree, int(d["epoch"]), float(d["seconds"])
 
 
 def protocol(config: dict) -> dict:
@@ -283,7 +291,7 @@ def parse_args(argv=None):
   parser.add_argument("--dbort-lam", type=float, default=0.1)
   parser.add_argument("--dbort-beta", type=float, default=0.1)
   parser.add_argument("--bcos-lr", type=float, default=3e-3)
-  parser.add_argument("--num-grids", type=int, help="grids per size (default 100: 400 cells on 2×2, 900 on 3×3)")
+  parser.add_argument("--num-grids", type=int, default=100, help="grids per size (400 cells on 2×2, 900 on 3×3)")
   parser.add_argument("--smooth", type=int, default=1, help="pointing-game box filter (authors: 1 on CIFAR-10)")
   parser.add_argument("--num-eval", type=int, default=200, help="test images for deletion/insertion")
   parser.add_argument("--num-big", type=int, default=100, help="test images for BSM/BIG (boundary search)")
