@@ -109,6 +109,7 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
     lines.append(f"| {model} | {optimizer} | {runs[0]['epochs']} | {_mean_std(accs, 100)} | "
                  f"{_mean_std([r['gap'] for r in runs], digits=4)} | "
                  f"{', '.join(f'{100 * a:.2f}' for a in accs)} | {runs[0]['settings']} |")
+  recipe_files = [f"`examples/configs/{config_module(dataset, m).__name__.rsplit('.', 1)[-1]}.py`" for m in MODELS]
   lines += ["", "## Exactly what was run", "",
             *(f"- Command: `python -m benchmarks.mnist_table {c}`" for c in commands),
             f"- Data: `{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
@@ -116,8 +117,7 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
             "cosine learning-rate decay to 0 after a linear warmup of min(0.5, epochs/4) epochs.",
             "- Models: `mlp` (784-256-256-10, ReLU) and `lenet5`, with biases, float32; epochs as in the "
             "table.",
-            f"- Optimizers: the recipes of `examples/configs/{config_module(dataset, 'mlp').__name__.split('.')[-1]}.py` "
-            f"and `{config_module(dataset, 'lenet5').__name__.split('.')[-1]}.py` (settings column, after "
+            f"- Optimizers: the recipes of {' and '.join(recipe_files)} (settings column, after "
             f"overrides {args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; "
             "Bort corrects every conv/dense kernel (not biases)."]
   lines += ["- Orthogonality gap: `bort_jax.orthogonality_gap(params)` `offdiag` statistic (RMS of the "
