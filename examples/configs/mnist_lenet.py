@@ -36,8 +36,14 @@ def make_recipes(sgd: dict, adamw: dict, bort_sgd: dict, bort_adamw: dict) -> di
 
 
 def bort_fields(gamma: float, mode: str, alpha: str) -> dict:
-  """A recipe's Bort fields; ``alpha`` "1" or "adaptive", as the γ sweep's tables write it."""
-  return dict(gamma=gamma, bort_mode=mode, alpha=1.0, adaptive_alpha=alpha == "adaptive")
+  """A recipe's Bort fields; ``alpha`` "adaptive" or a number ("1"), as the γ sweep's records write it."""
+  if alpha == "adaptive":
+    return dict(gamma=gamma, bort_mode=mode, alpha=1.0, adaptive_alpha=True)
+  try:
+    value = float(alpha)
+  except ValueError:
+    raise ValueError(f"alpha {alpha!r} is not accepted; accepted values: 'adaptive' or a number") from None
+  return dict(gamma=gamma, bort_mode=mode, alpha=value, adaptive_alpha=False)
 
 
 RECIPES = make_recipes(sgd=dict(learning_rate=0.1, momentum=0.9, weight_decay=5e-4),

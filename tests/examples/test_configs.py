@@ -164,3 +164,11 @@ def test_recipes_are_the_settings_the_committed_gamma_sweep_selected(name):
     assert (config.gamma, config.bort_mode) == (bort["gamma"], bort["mode"])
     assert config.adaptive_alpha == (bort["alpha"] == "adaptive")
     assert bort["alpha"] == "adaptive" or config.alpha == float(bort["alpha"])
+
+
+def test_recipe_bort_fields_read_the_sweeps_alpha_and_refuse_others():
+  from examples.configs import mnist_lenet
+  assert mnist_lenet.bort_fields(0.1, "l2-full", "adaptive")["adaptive_alpha"] is True
+  assert mnist_lenet.bort_fields(0.1, "l2-full", "2")["alpha"] == 2.0
+  with pytest.raises(ValueError, match=r"alpha 'ada' is not accepted; accepted values: 'adaptive' or a number"):
+    mnist_lenet.bort_fields(0.1, "l2-full", "ada")
