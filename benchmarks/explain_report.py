@@ -123,7 +123,8 @@ def train(kind: str, seed: int, x_train, y_train, args, checkpoint: pathlib.Path
 
   With ``checkpoint``, parameters and optimizer state are saved there after every epoch (with ``wanted``, the
   protocol) and a later call with the same protocol continues after the last saved epoch, with the same
-  shuffles; the file is removed once training ends.
+  shuffles. The caller removes the file once the trained model's result is saved, so a kill during evaluation
+  does not cost the training.
   """
   model = build_model(kind, seed, args)
   graphdef, params = nnx.split(model)
@@ -164,11 +165,9 @@ def train(kind: str, seed: int, x_train, y_train, args, checkpoint: pathlib.Path
       params, opt_state, loss = step(params, opt_state, x_train[idx], y_train[idx])
     print(f"  {kind} seed {seed} epoch {epoch + 1}: loss {float(loss):.4f} ({time.time() - start:.0f}s)",
           flush=True)
-    if checkpoint is not None and epoch + 1 < args.epochs:
+    if checkpoint is not None:
       _write_leaves(checkpoint, jax.tree_util.tree_leaves((params, opt_state)), protocol=stamp, epoch=epoch + 1,
                     seconds=time.time() - start)
-  if checkpoint is not None:
-    checkpoint.unlink(missing_ok=True)
   return nnx.merge(graphdef, params), time.time() - start
 
 
@@ -348,8 +347,8 @@ def main(argv=None):
           model = load_params(model, params_path)
         print(f"  {kind} seed {seed}: cached ({run_dir.name}/{kind}_seed{seed}.json)", flush=True)
       else:
-        model, seconds = train(kind, seed, x_train, y_train, args, run_dir / f"{kind}_seed{seed}.epoch.npz",
-                               wanted)
+        checkpoint = run_dir / f"{kind}_seed{seed}.epoch.npz"
+        model, seconds = train(kind, seed, x_train, y_train, args, checkpoint, wanted)
         save_params(model, params_path)
         fns = fns_by_family.setdefault(family, models.model_fns(args.arch, kind, model, args.image_shape))
         eval_start = time.time()
@@ -360,6 +359,7 @@ def main(argv=None):
         metrics["train_seconds"] = seconds
         metrics["eval_seconds"] = time.time() - eval_start
         save_result(run_dir, kind, seed, wanted, metrics)
+        checkpoint.unlink(missing_ok=True)
         print(f"  {kind} seed {seed}: accuracy {metrics['accuracy']:.4f}, evaluated in "
               f"{metrics['eval_seconds']:.0f}s ({time.time() - start:.0f}s total)", flush=True)
       fns = fns_by_family.setdefault(family, models.model_fns(args.arch, kind, model, args.image_shape))
