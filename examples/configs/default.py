@@ -74,6 +74,25 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
+def imagenet(config: ml_collections.ConfigDict, model: str, num_epochs: int):
+  """`config` set up for ImageNet training (TFDS "imagenet2012", 224x224, batch 1024): the schedule every
+  ImageNet config here shares (5 warmup epochs, label smoothing 0.1, bf16 compute)."""
+  config.dataset = "imagenet2012"
+  config.eval_split = "validation"
+  config.model = model
+  config.num_classes = 1000
+  config.augment = "imagenet"
+  config.image_size = 224
+  config.batch_size = 1024
+  config.eval_batch_size = 1024
+  config.num_epochs = num_epochs
+  config.warmup_epochs = 5.0
+  config.label_smoothing = 0.1
+  config.half_precision = True
+  config.checkpoint_every_steps = 5000
+  return config
+
+
 def apply_recipe(config: ml_collections.ConfigDict, recipes: dict[str, dict], name: str):
   """Updates `config` with recipe `name` of `recipes` (ValueError listing the recipes otherwise)."""
   if name not in recipes:

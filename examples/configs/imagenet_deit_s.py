@@ -18,18 +18,5 @@ RECIPES = {
 
 
 def get_config(recipe: str = "bort_adamw"):
-  c = default.get_config()
-  c.dataset = "imagenet2012"
-  c.eval_split = "validation"
-  c.model = "deit_s"
-  c.num_classes = 1000
-  c.augment = "imagenet"
-  c.image_size = 224
-  c.batch_size = 1024
-  c.eval_batch_size = 1024
-  c.num_epochs = 300
-  c.warmup_epochs = 5.0
-  c.label_smoothing = 0.1
-  c.half_precision = True
-  c.checkpoint_every_steps = 5000
+  c = default.imagenet(default.get_config(), "deit_s", num_epochs=300)
   return default.apply_recipe(c, RECIPES, recipe)

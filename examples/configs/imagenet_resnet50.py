@@ -17,18 +17,5 @@ RECIPES = {
 
 
 def get_config(recipe: str = "bort_sgd"):
-  c = default.get_config()
-  c.dataset = "imagenet2012"
-  c.eval_split = "validation"
-  c.model = "resnet50"
-  c.num_classes = 1000
-  c.augment = "imagenet"
-  c.image_size = 224
-  c.batch_size = 1024
-  c.eval_batch_size = 1024
-  c.num_epochs = 90
-  c.warmup_epochs = 5.0
-  c.label_smoothing = 0.1
-  c.half_precision = True
-  c.checkpoint_every_steps = 5000
+  c = default.imagenet(default.get_config(), "resnet50", num_epochs=90)
   return default.apply_recipe(c, RECIPES, recipe)
