@@ -33,6 +33,7 @@ import bort_jax
 from benchmarks import explain_acceptance
 from benchmarks import explain_models as models
 from bort_jax.explain import report
+from bort_jax.explain import report_tables
 
 DATASETS = ("mnist", "cifar10")
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
@@ -388,11 +389,11 @@ def write_report(args, config, results, first_seed, fns_by_family, x_test, y_tes
   data_note = "JPEG-compressed CIFAR-10 copy" if args.dataset == "cifar10" else ""
   if data_note:
     notes = (f"**Data: {JPEG_NOTE}.**", "") + notes
-  summary = report.summarize_seeds(results)
-  text = report.write_markdown(
+  summary = report_tables.summarize_seeds(results)
+  text = report_tables.write_markdown(
       results, out / f"{name}.md", config, f"{name}.png", notes,
       title=f"Explainability on {TITLES[args.dataset]} ({args.arch.upper()}): SGD vs Bort vs DBort vs B-cos",
-      captions={"models": report.default_captions(config)["models"] + "; training as stated above"},
+      captions={"models": report_tables.default_captions(config)["models"] + "; training as stated above"},
       data_note=data_note, sections=explain_acceptance.claims_section(summary))
   print(text)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bort_jax.explain import report
+from bort_jax.explain import report_tables
 
 
 def _results():
@@ -25,7 +26,7 @@ def _results():
 
 
 def test_summarize_seeds_gives_mean_std_and_count():
-  summary = report.summarize_seeds(_results())
+  summary = report_tables.summarize_seeds(_results())
   mean, std, count = summary["bort"]["reconstruction/fc1/psnr"]
   np.testing.assert_allclose([mean, std, count], [13.0, np.std([12.0, 13.0, 14.0]), 3])
   np.testing.assert_allclose(summary["sgd"]["pointing_game/2x2/input×gradient"][0], 0.4)
@@ -34,7 +35,7 @@ def test_summarize_seeds_gives_mean_std_and_count():
 def test_markdown_has_a_row_per_model_and_method_and_the_protocol_in_each_caption(tmp_path):
   path = tmp_path / "r.md"
   config = {"num_grids": 5, "ig_steps": 8, "boundary_epsilons": [0.5, 2.0], "num_big": 10}
-  text = report.write_markdown(_results(), path, config, None, ["a note"], title="A title",
+  text = report_tables.write_markdown(_results(), path, config, None, ["a note"], title="A title",
                                data_note="some data", sections=["## Extra", "- line"])
   assert path.read_text() == text
   assert text.startswith("# A title\n")
@@ -52,14 +53,14 @@ def test_markdown_has_a_row_per_model_and_method_and_the_protocol_in_each_captio
 
 
 def test_captions_state_the_boundary_rise_and_trapezoid_conventions():
-  captions = report.default_captions({"ig_steps": 8, "boundary_epsilons": [0.5, 1.0, 6.0], "smooth": 3})
+  captions = report_tables.default_captions({"ig_steps": 8, "boundary_epsilons": [0.5, 1.0, 6.0], "smooth": 3})
   assert "cw_epsilon = 6" in captions["completeness"] and "{0.5, 1, 6}" in captions["completeness"]
   assert "trapezoid" in captions["completeness"] and "(8−1)/8" in captions["completeness"]
   assert "random start" in captions["completeness"] and "predicted class" in captions["completeness"]
   assert "RISE" in captions["deletion_insertion"] and "training mean" in captions["deletion_insertion"]
   assert "blur" in captions["deletion_insertion"] and "top predicted class" in captions["deletion_insertion"]
   assert "3×3 box smoothing" in captions["pointing_game"]
-  assert "cw_epsilon = 2" in report.default_captions({"boundary_epsilons": [1.0, 2.0],
+  assert "cw_epsilon = 2" in report_tables.default_captions({"boundary_epsilons": [1.0, 2.0],
                                                       "cw_epsilon": 2.0})["completeness"]
 
 
@@ -133,7 +134,7 @@ def test_figure_is_written(tmp_path):
 
 def test_claims_section_checks_bort_against_sgd_and_dbort():
   from benchmarks import explain_acceptance
-  lines = explain_acceptance.claims_section(report.summarize_seeds(_results()))
+  lines = explain_acceptance.claims_section(report_tables.summarize_seeds(_results()))
   assert lines[0] == explain_acceptance.CLAIMS_TITLE
   assert "- PASS — Bort PSNR > SGD PSNR (fc1): 13.00 vs 8.00 dB" in lines
   assert "- PASS — DBort PSNR ≥ Bort PSNR (fc1): 14.00 vs 13.00 dB" in lines
