@@ -1,15 +1,18 @@
 """Bort's claims, checked on the means of an explainability report (``benchmarks/explain_report.py``).
 
-Reported as measured, whichever way they go: each line is PASS or FAIL with both numbers.
+Reported as measured, whichever way they go: each line is PASS or FAIL with both numbers, or NOT MEASURED where
+a side has no number (e.g. no pointing-game grid could be built from a model's confident images).
 """
 
+import math
 from collections.abc import Mapping
 
 CLAIMS_TITLE = "## Bort's claims, checked on the means above"
 
 
-def _check(name: str, ok: bool, detail: str) -> str:
-  return f"- {'PASS' if ok else 'FAIL'} — {name}: {detail}"
+def _check(name: str, ok: bool, detail: str, *values: float) -> str:
+  verdict = "NOT MEASURED" if any(math.isnan(v) for v in values) else "PASS" if ok else "FAIL"
+  return f"- {verdict} — {name}: {detail}"
 
 
 def acceptance(summary: Mapping[str, Mapping[str, tuple]]) -> list[str]:
@@ -22,11 +25,12 @@ def acceptance(summary: Mapping[str, Mapping[str, tuple]]) -> list[str]:
     for metric, label in (("psnr", "PSNR"), ("psnr_fitted", "fitted PSNR")):
       key = f"reconstruction/{d}/{metric}"
       sgd, bort, dbort = mean("sgd", key), mean("bort", key), mean("dbort", key)
-      lines.append(_check(f"Bort {label} > SGD {label} ({d})", bort > sgd, f"{bort:.2f} vs {sgd:.2f} dB"))
-      lines.append(_check(f"DBort {label} ≥ Bort {label} ({d})", dbort >= bort, f"{dbort:.2f} vs {bort:.2f} dB"))
+      lines.append(_check(f"Bort {label} > SGD {label} ({d})", bort > sgd, f"{bort:.2f} vs {sgd:.2f} dB", bort, sgd))
+      lines.append(_check(f"DBort {label} ≥ Bort {label} ({d})", dbort >= bort, f"{dbort:.2f} vs {bort:.2f} dB",
+                            dbort, bort))
   for key in sorted(k for k in summary.get("bort", {}) if k.startswith("pointing_game/")):
     sgd, bort = mean("sgd", key), mean("bort", key)
-    lines.append(_check(f"Bort ≥ SGD on {key.split('/', 1)[1]}", bort >= sgd, f"{bort:.3f} vs {sgd:.3f}"))
+    lines.append(_check(f"Bort ≥ SGD on {key.split('/', 1)[1]}", bort >= sgd, f"{bort:.3f} vs {sgd:.3f}", bort, sgd))
   return lines
 
 

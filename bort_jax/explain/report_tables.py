@@ -24,26 +24,42 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, float]:
 
 
 def summarize_seeds(results: list[dict]) -> dict[str, dict[str, tuple[float, float, int]]]:
-  """model -> metric path -> (mean, std, number of seeds)."""
+  """model -> metric path -> (mean, std, number of seeds measured).
+
+  A NaN (a metric that could not be measured for that seed, e.g. a pointing game without any grid) is left out
+  of the mean and the count; a metric no seed measured is (nan, nan, 0).
+  """
   by_model: dict[str, dict[str, list[float]]] = {}
   for r in results:
     for key, value in _flatten(r["metrics"]).items():
       by_model.setdefault(r["model"], {}).setdefault(key, []).append(value)
-  return {m: {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in d.items()} for m, d in by_model.items()}
+  summary = {}
+  for model, metrics in by_model.items():
+    summary[model] = {}
+    for key, values in metrics.items():
+      measured = [float(v) for v in values if not np.isnan(v)]
+      summary[model][key] = ((float(np.mean(measured)), float(np.std(measured)), len(measured)) if measured
+                             else (float("nan"), float("nan"), 0))
+  return summary
 
 
-def _cell(stats, key: str, digits: int) -> str:
+def _cell(stats, key: str, digits: int, seeds: int) -> str:
+  """mean ± std; "n/a" when no seed measured it, and the count when only some did."""
   if key not in stats:
     return "—"
-  mean, std, _ = stats[key]
-  return f"{mean:.{digits}f} ± {std:.{digits}f}"
+  mean, std, measured = stats[key]
+  if not measured:
+    return "n/a"
+  cell = f"{mean:.{digits}f} ± {std:.{digits}f}"
+  return cell if measured == seeds else f"{cell} ({measured} of {seeds} seeds)"
 
 
 def _table(summary, header: list[str], rows: list[tuple[str, str]], keys: list[str], digits: int) -> list[str]:
   """Markdown rows: one per (model, row label); ``keys`` are metric paths with ``{row}`` for the label."""
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for model, label in rows:
-    cells = [_cell(summary[model], k.format(row=label), digits) for k in keys]
+    seeds = max(n for _, _, n in summary[model].values())
+    cells = [_cell(summary[model], k.format(row=label), digits, seeds) for k in keys]
     if any(c != "—" for c in cells):
       lines.append(f"| {model} | " + (f"{label} | " if label else "") + " | ".join(cells) + " |")
   return lines
@@ -68,7 +84,8 @@ def default_captions(config: Mapping) -> dict[str, str]:
                         "images; PSNR with peak 1 on raw x̂, and of the best scalar multiple c·x̂)",
       "pointing_game": f"Grid pointing game, B-cos protocol (Böhle et al. 2022): up to {get('num_grids', 500)} "
                        "grids per size from each model's correctly classified test images with sigmoid(top "
-                       "logit) > 0.5, taken in decreasing confidence per class, distinct classes per grid "
+                       "logit) > 0.5 (for every model, as the authors' code does: top logit > 0 for softmax-trained ones), "
+                       "taken in decreasing confidence per class, distinct classes per grid "
                        "(seed 42); every cell explained for its own class and scored as positive attribution in "
                        "the cell / total positive attribution (channels summed; B-cos: both input encodings), "
                        + ("no smoothing" if smooth == 1 else f"{smooth}×{smooth} box smoothing") + " ↑",
@@ -135,11 +152,14 @@ def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, fig
       summary, ["model", "depth", "PSNR (dB) ↑", "MSE ↓", "PSNR of the best scalar multiple (dB) ↑"],
       [(m, d) for m in models for d in depths],
       ["reconstruction/{row}/psnr", "reconstruction/{row}/mse", "reconstruction/{row}/psnr_fitted"], 3))
-  counts = [f"{m} {summary[m]['pointing_game_grids/2x2'][0]:.0f} / {summary[m]['pointing_game_grids/3x3'][0]:.0f}"
-            for m in models if "pointing_game_grids/2x2" in summary[m] and "pointing_game_grids/3x3" in summary[m]]
+  grids = lambda m, g: ", ".join(str(r["metrics"]["pointing_game_grids"][g]) for r in results
+                                 if r["model"] == m and g in r["metrics"].get("pointing_game_grids", {}))
+  counts = [f"{m} {grids(m, '2x2')} / {grids(m, '3x3')}" for m in models if grids(m, "2x2") and grids(m, "3x3")]
   section("pointing_game", _table(summary, ["model", "method", "2×2", "3×3"], [(m, a) for m in models for a in methods],
                                   ["pointing_game/2x2/{row}", "pointing_game/3x3/{row}"], 3),
-          ["", "Grids built (2×2 / 3×3, mean over seeds): " + ", ".join(counts) + "."] if counts else [])
+          ["", "Grids built per seed (2×2 / 3×3): " + "; ".join(counts) + ". A seed without any grid of a size "
+           "is left out of that size's mean (the cell then names how many seeds it averages; n/a: none)."]
+          if counts else [])
   section("deletion_insertion", _table(
       summary, ["model", "method", "deletion ↓", "insertion ↑"],
       [(m, a) for m in models for a in keys_of("deletion_insertion/")],

@@ -32,6 +32,23 @@ def test_summarize_seeds_gives_mean_std_and_count():
   np.testing.assert_allclose(summary["sgd"]["pointing_game/2x2/input×gradient"][0], 0.4)
 
 
+def test_a_seed_without_grids_is_left_out_of_the_mean_and_the_cell_says_so(tmp_path):
+  results = _results()
+  for r in results:
+    if r["model"] == "bort" and r["seed"] == 0:
+      r["metrics"]["pointing_game"]["3x3"]["gradient"] = float("nan")
+      r["metrics"]["pointing_game_grids"]["3x3"] = 0
+    if r["model"] == "dbort":
+      r["metrics"]["pointing_game"]["3x3"]["gradient"] = float("nan")
+  summary = report_tables.summarize_seeds(results)
+  assert summary["bort"]["pointing_game/3x3/gradient"] == (0.25, 0.0, 2)
+  assert summary["dbort"]["pointing_game/3x3/gradient"][2] == 0
+  text = report_tables.write_markdown(results, tmp_path / "r.md", {})
+  assert "| bort | gradient | 0.500 ± 0.000 | 0.250 ± 0.000 (2 of 3 seeds) |" in text
+  assert "| dbort | gradient | 0.450 ± 0.000 | n/a |" in text
+  assert "bort 500, 500, 500 / 0, 481, 482" in text
+
+
 def test_markdown_has_a_row_per_model_and_method_and_the_protocol_in_each_caption(tmp_path):
   path = tmp_path / "r.md"
   config = {"num_grids": 5, "ig_steps": 8, "boundary_epsilons": [0.5, 2.0], "num_big": 10}
@@ -43,7 +60,7 @@ def test_markdown_has_a_row_per_model_and_method_and_the_protocol_in_each_captio
   assert "| dbort | fc1 | 14.000 ± 0.816 | 0.100 ± 0.000 |" in text
   assert "a note" in text and json.dumps(config, sort_keys=True) in text
   assert text.rstrip().endswith("## Extra\n- line")
-  assert "Grids built (2×2 / 3×3, mean over seeds): sgd 500 / 481" in text
+  assert "Grids built per seed (2×2 / 3×3): sgd 500, 500, 500 / 480, 481, 482;" in text
   headings = [line for line in text.splitlines() if line.startswith("## ") and line != "## Extra"]
   assert len(headings) == 3 and all(h.endswith("— some data") for h in headings)
   pointing = next(h for h in headings if "pointing game" in h)
@@ -139,6 +156,12 @@ def test_claims_section_checks_bort_against_sgd_and_dbort():
   assert "- PASS — Bort PSNR > SGD PSNR (fc1): 13.00 vs 8.00 dB" in lines
   assert "- PASS — DBort PSNR ≥ Bort PSNR (fc1): 14.00 vs 13.00 dB" in lines
   assert "- PASS — Bort ≥ SGD on 3x3/gradient: 0.250 vs 0.200" in lines
+  results = [r for r in _results() if r["model"] != "sgd"]
+  for r in results:
+    r["metrics"]["pointing_game"]["3x3"]["gradient"] = float("nan")
+  lines = explain_acceptance.claims_section(report_tables.summarize_seeds(results))
+  assert "- NOT MEASURED — Bort ≥ SGD on 3x3/gradient: nan vs nan" in lines
+  assert "- NOT MEASURED — Bort PSNR > SGD PSNR (fc1): 13.00 vs nan dB" in lines
 
 
 def test_benchmark_cache_round_trips_params_and_rejects_other_options(tmp_path):
