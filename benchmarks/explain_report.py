@@ -43,7 +43,7 @@ TEST_ORDER_SEED = 0
 JPEG_NOTE = ("CIFAR-10 from the shared copy, whose images are JPEG-compressed: not the original pixels, so the "
              "numbers are not comparable to published CIFAR-10 results")
 # Options that do not change a result: a cached result is reused when every other option matches.
-_NOT_PROTOCOL = ("seeds", "kinds", "out", "data_dir", "cache_dir", "fresh")
+_NOT_PROTOCOL = ("seeds", "kinds", "out", "data_dir", "cache_dir", "fresh", "note")
 
 SETUP = {
     "mlp": "Setup. sgd / bort / dbort: bias-free ReLU MLP {pixels}-{widths}-10; bcos: bias-free B-cos MLP (B = 2, "
@@ -271,6 +271,8 @@ def parse_args(argv=None):
   parser.add_argument("--cache-dir", default=str(repo / "runs/explain_report"),
                       help="per-run results and parameters (resume); <cache-dir>/<dataset>_<arch>/")
   parser.add_argument("--fresh", action="store_true", help="ignore cached runs (they are overwritten)")
+  parser.add_argument("--note", action="append", default=[],
+                      help="a remark on how this run went, printed in bold under the title (repeatable)")
   parser.add_argument("--dataset", default="mnist", choices=DATASETS)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--arch", default="cnn", choices=models.ARCHS)
@@ -373,11 +375,11 @@ def main(argv=None):
 def write_report(args, config, results, first_seed, fns_by_family, x_test, y_test, out, seconds):
   pick = [int(np.flatnonzero(y_test == c)[0]) for c in range(0, 10, 2)]   # the first test image of 5 classes
   name = f"explain_{args.dataset}_{args.arch}"
-  last_depth = list(fns_by_family["relu"].features_fns)[-1] if "relu" in fns_by_family else None
-  panels = report.figure_panels(first_seed, x_test[pick], y_test[pick], depth=last_depth)
+  depths = list(fns_by_family["relu"].features_fns) if "relu" in fns_by_family else []
+  panels = report.figure_panels(first_seed, x_test[pick], y_test[pick], depths=depths[:1] + depths[-1:])
   report.write_figure(panels, out / f"{name}.png")
   config = config | {"seconds_this_run": round(seconds), "backend": jax.default_backend()}
-  for key in ("out", "data_dir", "cache_dir", "fresh"):
+  for key in ("out", "data_dir", "cache_dir", "fresh", "note"):
     config.pop(key)
   (out / f"{name}.json").write_text(json.dumps({"config": config, "results": results}, indent=1))
   pixels = "×".join(map(str, args.image_shape[:2]))
@@ -389,6 +391,7 @@ def write_report(args, config, results, first_seed, fns_by_family, x_test, y_tes
   data_note = "JPEG-compressed CIFAR-10 copy" if args.dataset == "cifar10" else ""
   if data_note:
     notes = (f"**Data: {JPEG_NOTE}.**", "") + notes
+  notes = tuple(line for remark in args.note for line in (f"**Note: {remark}**", "")) + notes
   summary = report_tables.summarize_seeds(results)
   text = report_tables.write_markdown(
       results, out / f"{name}.md", config, f"{name}.png", notes,

@@ -253,17 +253,18 @@ def _image(x) -> np.ndarray:
   return x[..., 0] if x.shape[-1] == 1 else x
 
 
-def figure_panels(models: Mapping[str, tuple[ModelFns, Any]], x, label, depth: str | None
+def figure_panels(models: Mapping[str, tuple[ModelFns, Any]], x, label, depths: Sequence[str] = ()
                   ) -> dict[str, np.ndarray]:
-  """Columns of the Fig. 1a-style figure: input, reconstructions from ``depth`` (their best scalar multiple c·x̂,
-  as the fitted PSNR), saliency maps of the label (backtracking, or B-cos W(x)⊙x)."""
+  """Columns of the Fig. 1a-style figure: input, reconstructions from each of ``depths`` (their best scalar
+  multiple c·x̂, as the fitted PSNR; a model without that depth is skipped), saliency maps of the label
+  (backtracking, or B-cos W(x)⊙x)."""
   panels = {"input": _image(x)}
   saliency = {}
   for name, (fns, params) in models.items():
-    if depth in fns.features_fns:
-      scales = reconstruction.depth_scales(list(fns.kernels_fn(params).values()))
-      scale = scales[list(fns.features_fns).index(depth)]
-      x_hat = reconstruction.reconstruct(fns.features_fns[depth], params, jnp.asarray(x), scale)
+    names = list(fns.features_fns)
+    scales = reconstruction.depth_scales(list(fns.kernels_fn(params).values())) if fns.kernels_fn else []
+    for depth in (d for d in depths if d in fns.features_fns):
+      x_hat = reconstruction.reconstruct(fns.features_fns[depth], params, jnp.asarray(x), scales[names.index(depth)])
       panels[f"{name} c·x̂ ({depth})"] = _image(reconstruction.fitted_scale(jnp.asarray(x), x_hat) * x_hat)
     methods = attribution_methods(fns, params)
     method = next(m for m in methods if m.startswith(("backtracking", "B-cos")))

@@ -146,8 +146,9 @@ def write_markdown(results: list[dict], path: pathlib.Path, config: Mapping, fig
     if len(table) > 2:
       lines.extend(["", f"## {caption[key]}" + (f" — {data_note}" if data_note else ""), ""] + table + list(after))
 
-  section("models", _table(summary, ["model", "test accuracy", "orthogonality gap (off-diag RMS)", "train seconds"],
-                           [(m, "") for m in models], ["accuracy", "orthogonality_offdiag", "train_seconds"], 3))
+  section("models", _table(
+      summary, ["model", "test accuracy", "orthogonality gap (off-diag RMS)", "train seconds (wall clock)"],
+      [(m, "") for m in models], ["accuracy", "orthogonality_offdiag", "train_seconds"], 3))
   section("reconstruction", _table(
       summary, ["model", "depth", "PSNR (dB) ↑", "MSE ↓", "PSNR of the best scalar multiple (dB) ↑"],
       [(m, d) for m in models for d in depths],

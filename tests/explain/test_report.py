@@ -139,6 +139,23 @@ def test_evaluate_runs_every_protocol_on_a_tiny_model():
   json.dumps(out)
 
 
+def test_figure_panels_reconstruct_each_requested_depth_and_show_the_saliency():
+  fns, params = _tiny_model()
+  x = np.random.default_rng(1).uniform(size=(3, 8, 8, 1)).astype(np.float32)
+  panels = report.figure_panels({"m": (fns, params)}, x, np.array([0, 1, 2]), depths=("conv1", "conv9"))
+  assert list(panels) == ["input", "m c·x̂ (conv1)", "m backtracking"]          # a depth the model lacks: skipped
+  # For a ReLU conv J(x)ᵀ f(x) is the transposed convolution of the features; the panel is its least-squares
+  # multiple of x (so the 1/α scale drops out).
+  linear = lambda v: jax.lax.conv_general_dilated(v, params["conv"], (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  x_hat = np.asarray(jax.linear_transpose(linear, x)(jax.nn.relu(linear(x)))[0])
+  c = np.einsum("nhwc,nhwc->n", x_hat, x) / np.einsum("nhwc,nhwc->n", x_hat, x_hat)
+  np.testing.assert_allclose(panels["m c·x̂ (conv1)"], (c[:, None, None, None] * x_hat)[..., 0], rtol=1e-4,
+                             atol=1e-5)
+  np.testing.assert_array_equal(panels["input"], x[..., 0])
+  assert panels["m backtracking"].shape == (3, 8, 8)
+
+
 def test_figure_is_written(tmp_path):
   rng = np.random.default_rng(0)
   panels = {"input": rng.uniform(size=(2, 6, 6)), "m x̂ (fc1)": rng.uniform(size=(2, 6, 6, 3)),
