@@ -17,6 +17,7 @@ import ast
 import json
 import os
 import pathlib
+import shlex
 import sys
 import tempfile
 import time
@@ -146,7 +147,25 @@ def _load_previous(path: str, epochs: dict) -> tuple[dict, list[str]]:
   return results, saved["commands"]
 
 
-def main():
+def current_commands(commands: list[str], parser: argparse.ArgumentParser) -> list[str]:
+  """``commands`` without those whose every (model, optimizer) cell a later command ran again, and without
+  merge-only ones (their merged commands are listed); the last command always stays."""
+  cells = []
+  for command in commands:
+    try:
+      args = parser.parse_args(shlex.split(command))
+      cells.append({(m, o) for m in args.models for o in args.optimizers})
+    except (ValueError, SystemExit):   # written by an older version of this script: its cells are unknown, kept
+      cells.append({("?", command)})
+  kept = []
+  for i, command in enumerate(commands):
+    redone = set().union(*cells[i + 1:])
+    if i == len(commands) - 1 or (cells[i] and not cells[i] <= redone):
+      kept.append(command)
+  return kept
+
+
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist", "mnist_small"))
   parser.add_argument("--out", required=True, help="Markdown file to write (a .json of runs beside it).")
@@ -168,8 +187,13 @@ def main():
   parser.add_argument("--set", nargs="*", default=[],
                       help="Config overrides FIELD=VALUE, OPTIMIZER.FIELD=VALUE or MODEL.FIELD=VALUE with Python "
                            "literal values, e.g. bort_sgd.gamma=0.1 \"mlp.bort_rules=(('layers/2/kernel', 0.0),)\".")
+  return parser
+
+
+def main():
+  parser = _parser()
   args = parser.parse_args()
-  command = " ".join(sys.argv[1:])
+  command = shlex.join(sys.argv[1:])
   started = time.time()
   epochs = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
   results, commands = _load_previous(args.out, epochs) if args.merge else ({}, [])
@@ -177,7 +201,7 @@ def main():
     other_results, other_commands = _load_previous(path, epochs)
     results.update(other_results)
     commands += [c for c in other_commands if c not in commands]
-  commands.append(command)
+  commands = current_commands(commands + [command], parser)
   if not args.models:
     write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
   for model in args.models:

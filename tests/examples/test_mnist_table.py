@@ -51,3 +51,15 @@ def test_first_format_runs_take_the_configs_epochs(tmp_path, monkeypatch):
   _run(monkeypatch, "--dataset", "mnist", "--out", str(out), "--merge-from", str(old), "--models")
   epochs = [[c.strip() for c in row.split("|")[1:4]] for row in _rows(out)]
   assert epochs == [["mlp", "sgd", "15"], ["lenet5", "sgd", "10"]]
+
+
+def test_only_commands_that_still_own_a_cell_are_listed():
+  commands = ["--dataset mnist --out t.md --models lenet5 --optimizers sgd bort_sgd",
+              "--dataset mnist --out t.md --models mlp",
+              "--dataset mnist --out t.md --merge-from other.json --models",
+              "--dataset mnist --out t.md --models lenet5 --optimizers bort_sgd --bad-option",
+              "--dataset mnist --out t.md --merge --models lenet5 --optimizers sgd bort_sgd adamw",
+              "--dataset mnist --out t.md --merge --models mlp --optimizers sgd"]
+  assert mnist_table.current_commands(commands, mnist_table._parser()) == [commands[1], commands[3], commands[4],
+                                                                           commands[5]]
+  assert mnist_table.current_commands(commands[:3], mnist_table._parser()) == commands[:3]
