@@ -96,8 +96,11 @@ def _settings(config) -> str:
 
 
 def _mean_std(values, scale=1.0, digits=2):
+  """mean ± std (ddof 1) with ``digits`` decimals; in scientific notation where the mean would print as 0."""
   values = scale * np.asarray(values)
-  return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+  mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+  form = ".1e" if 0 < abs(mean) < 0.5 * 10.0 ** -digits else f".{digits}f"
+  return f"{mean:{form}} ± {std:{form}}"
 
 
 def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds,
