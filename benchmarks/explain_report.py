@@ -42,8 +42,10 @@ DEFAULTS = {"mnist": {"epochs": 2}, "cifar10": {"epochs": 10}}
 TEST_ORDER_SEED = 0
 JPEG_NOTE = ("CIFAR-10 from the shared copy, whose images are JPEG-compressed: not the original pixels, so the "
              "numbers are not comparable to published CIFAR-10 results")
+# Options about where and how a run goes, left out of the report's configuration.
+_NOT_REPORTED = ("out", "data_dir", "cache_dir", "fresh", "note")
 # Options that do not change a result: a cached result is reused when every other option matches.
-_NOT_PROTOCOL = ("seeds", "kinds", "out", "data_dir", "cache_dir", "fresh", "note")
+_NOT_PROTOCOL = ("seeds", "kinds") + _NOT_REPORTED
 
 SETUP = {
     "mlp": "Setup. sgd / bort / dbort: bias-free ReLU MLP {pixels}-{widths}-10; bcos: bias-free B-cos MLP (B = 2, "
@@ -379,7 +381,7 @@ def write_report(args, config, results, first_seed, fns_by_family, x_test, y_tes
   panels = report.figure_panels(first_seed, x_test[pick], y_test[pick], depths=depths[:1] + depths[-1:])
   report.write_figure(panels, out / f"{name}.png")
   config = config | {"seconds_this_run": round(seconds), "backend": jax.default_backend()}
-  for key in ("out", "data_dir", "cache_dir", "fresh", "note"):
+  for key in _NOT_REPORTED:
     config.pop(key)
   (out / f"{name}.json").write_text(json.dumps({"config": config, "results": results}, indent=1))
   pixels = "×".join(map(str, args.image_shape[:2]))

@@ -256,14 +256,19 @@ def _image(x) -> np.ndarray:
 def figure_panels(models: Mapping[str, tuple[ModelFns, Any]], x, label, depths: Sequence[str] = ()
                   ) -> dict[str, np.ndarray]:
   """Columns of the Fig. 1a-style figure: input, reconstructions from each of ``depths`` (their best scalar
-  multiple c·x̂, as the fitted PSNR; a model without that depth is skipped), saliency maps of the label
-  (backtracking, or B-cos W(x)⊙x)."""
+  multiple c·x̂, as the fitted PSNR; a model without that depth is skipped, a depth no model has is a
+  ValueError), saliency maps of the label (backtracking, or B-cos W(x)⊙x)."""
+  unknown = [d for d in depths if not any(d in fns.features_fns for fns, _ in models.values())]
+  if unknown:
+    raise ValueError(f"depths {unknown} are not accepted: no model has them; accepted values: "
+                     f"{sorted({d for fns, _ in models.values() for d in fns.features_fns})}")
   panels = {"input": _image(x)}
   saliency = {}
   for name, (fns, params) in models.items():
     names = list(fns.features_fns)
-    scales = reconstruction.depth_scales(list(fns.kernels_fn(params).values())) if fns.kernels_fn else []
-    for depth in (d for d in depths if d in fns.features_fns):
+    wanted = [d for d in depths if d in fns.features_fns]
+    scales = reconstruction.depth_scales(list(fns.kernels_fn(params).values())) if wanted else []
+    for depth in wanted:
       x_hat = reconstruction.reconstruct(fns.features_fns[depth], params, jnp.asarray(x), scales[names.index(depth)])
       panels[f"{name} c·x̂ ({depth})"] = _image(reconstruction.fitted_scale(jnp.asarray(x), x_hat) * x_hat)
     methods = attribution_methods(fns, params)

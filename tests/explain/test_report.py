@@ -142,8 +142,14 @@ def test_evaluate_runs_every_protocol_on_a_tiny_model():
 def test_figure_panels_reconstruct_each_requested_depth_and_show_the_saliency():
   fns, params = _tiny_model()
   x = np.random.default_rng(1).uniform(size=(3, 8, 8, 1)).astype(np.float32)
-  panels = report.figure_panels({"m": (fns, params)}, x, np.array([0, 1, 2]), depths=("conv1", "conv9"))
-  assert list(panels) == ["input", "m c·x̂ (conv1)", "m backtracking"]          # a depth the model lacks: skipped
+  native = fns._replace(features_fns={}, kernels_fn=None, head_fn=None,           # B-cos-like: no depths
+                         explain_fn=lambda p, images, target: jnp.ones(images.shape))
+  panels = report.figure_panels({"m": (fns, params), "bcos": (native, params)}, x, np.array([0, 1, 2]),
+                                depths=("conv1",))
+  assert list(panels) == ["input", "m c·x̂ (conv1)", "m backtracking", "bcos B-cos W(x)⊙x"]
+  with pytest.raises(ValueError, match=r"depths \['conv9'\] are not accepted: no model has them; accepted "
+                                       r"values: \['conv1'\]"):
+    report.figure_panels({"m": (fns, params)}, x, np.array([0, 1, 2]), depths=("conv1", "conv9"))
   # For a ReLU conv J(x)ᵀ f(x) is the transposed convolution of the features; the panel is its least-squares
   # multiple of x (so the 1/α scale drops out).
   linear = lambda v: jax.lax.conv_general_dilated(v, params["conv"], (1, 1), "SAME",
