@@ -21,6 +21,7 @@ from bort_jax._src.diagnostics import GapStats
 from bort_jax._src.diagnostics import gap_summary
 from bort_jax._src.diagnostics import matrix_gap
 from bort_jax._src.diagnostics import orthogonality_gap
+from bort_jax._src.linen_views import linen_views
 from bort_jax._src.masking import kernel_mask
 from bort_jax._src.nnx_views import nnx_views
 from bort_jax._src.plan import ViewGuessWarning
@@ -31,7 +32,7 @@ from bort_jax._src.projection import project_row_norms
 from bort_jax._src.transform import BortCorrectionState
 from bort_jax._src.transform import add_bort_correction
 from bort_jax._src.views import KernelView
-from bort_jax._src.views import default_view
+from bort_jax._src.view_inference import default_view
 from bort_jax._src.views import from_matrix
 from bort_jax._src.views import to_matrix
 
@@ -59,6 +60,7 @@ __all__ = (
     "from_matrix",
     "gap_summary",
     "kernel_mask",
+    "linen_views",
     "matrix_gap",
     "nnx_views",
     "orthogonality_gap",

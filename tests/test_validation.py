@@ -94,11 +94,13 @@ def test_check_bool_one_of_and_positive():
 
 def test_check_views():
   view = bj.KernelView(in_axes=(1,), out_axes=(2,), batch_axes=(0,))
-  rules = [("blocks/.*", view), ("head/kernel", None), ("stack/.*", 1)]
+  rules = [("blocks/.*", view), ("head/kernel", None), ("stack/.*", 1), ("scan/.*", (1,))]
   assert validation.check_views(rules) is rules
   assert validation.check_views(None) is None
-  accepted = re.escape("views must be a sequence of (regex, KernelView | None | int >= 0) pairs")
-  for bad in (view, "blocks/.*", [view], [("a", "b")], [("a", view, 1)], [("a", True)], [("a", -1)], {"a": view}):
+  accepted = re.escape("views must be a sequence of (regex, KernelView | None | int >= 0 | tuple of stacked axis "
+                       "positions) pairs")
+  for bad in (view, "blocks/.*", [view], [("a", "b")], [("a", view, 1)], [("a", True)], [("a", -1)], {"a": view},
+              [("a", ())], [("a", (1, -1))], [("a", (True,))]):
     with pytest.raises(ValueError, match=accepted + ", got"):
       validation.check_views(bad)
   with pytest.raises(ValueError, match=accepted + r" with valid regexes, got \('fc\[3', None\)"):

@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import optax
 
 from bort_jax._src import correction
+from bort_jax._src import kernel_matrix as km
 from bort_jax._src import masking
+from bort_jax._src import plan as plan_lib
 from bort_jax._src import transform
 from bort_jax._src import validation
 from bort_jax._src import views as views_lib
@@ -60,6 +62,32 @@ def torch_momentum(momentum: float, dampening: float = 0.0, nesterov: bool = Fal
     return out, DampenedTraceState(count=optax.safe_increment(state.count), trace=trace)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _first_box(tree) -> Optional[str]:
+  """Path of the first flax metadata box (Linen ``nn.Partitioned``, NNX variable) in ``tree``, else None."""
+  for path, node in jax.tree_util.tree_flatten_with_path(tree, is_leaf=plan_lib.is_box)[0]:
+    if plan_lib.is_box(node):
+      return views_lib.path_str(path)
+  return None
+
+
+def same_boxing(name: str, tx: optax.GradientTransformation) -> optax.GradientTransformation:
+  """``tx``, with a ValueError when ``update`` gets unboxed trees for a state built from boxed params (or the
+  reverse): optax's own transforms would fail later with a TypeError that names neither the leaf nor the fix."""
+
+  def update_fn(updates, state, params=None):
+    state_box, update_box = _first_box(state), _first_box(updates)
+    has_arrays = any(getattr(x, "ndim", 0) for x in jax.tree_util.tree_leaves(state))
+    if (state_box is None) != (update_box is None) and (state_box is not None or has_arrays):
+      boxed, unboxed = ("init", "update") if state_box else ("update", "init")
+      raise ValueError(
+          f"{name}: {boxed} got params with flax metadata boxes (at {state_box or update_box}) but {unboxed} got "
+          "plain arrays; call init and update with the same kind of tree: unbox both (flax.linen.unbox(params), "
+          "nnx.to_pure_dict(state)) or keep the boxes in both.")
+    return tx.update(updates, state, params)
+
+  return optax.GradientTransformation(tx.init, update_fn)
 
 
 def _is_static_zero(value) -> bool:
@@ -105,6 +133,8 @@ def bort_sgd(
     layout: str = "flax",
     views: Optional[views_lib.ViewRules] = None,
     every_k: int = 1,
+    group_same_shape: Optional[bool] = None,
+    precision: km.Precision = "highest",
     weight_decay_mask: masking.Mask = None,
 ) -> optax.GradientTransformation:
   """SGD with the Bort correction added to the gradient before coupled weight decay and momentum (BortS).
@@ -119,7 +149,8 @@ def bort_sgd(
     momentum, dampening, nesterov: PyTorch SGD semantics; momentum in [0, 1), dampening in [0, 1].
     weight_decay: λ ≥ 0 (float or schedule), coupled L2 decay; applied to ``weight_decay_mask`` (default: every
       leaf, as the reference).
-    alpha, mode, mask, rules, layout, views, every_k: see :func:`bort_jax.add_bort_correction`.
+    alpha, mode, mask, rules, layout, views, every_k, group_same_shape, precision: see
+      :func:`bort_jax.add_bort_correction`.
 
   References:
     Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded Orthogonal Constraint", ICLR 2023.
@@ -134,13 +165,14 @@ def bort_sgd(
   """
 
   _check_sgd_args(learning_rate, momentum, dampening, weight_decay, nesterov, weight_decay_mask)
-  return optax.chain(
+  return same_boxing("bort_sgd", optax.chain(
       transform.add_bort_correction(
-          gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k),
+          gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k,
+          group_same_shape=group_same_shape, precision=precision),
       optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
       optax.identity() if _is_static_zero(momentum) else torch_momentum(momentum, dampening, nesterov),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))
 
 
 def bort_adamw(
@@ -158,6 +190,8 @@ def bort_adamw(
     layout: str = "flax",
     views: Optional[views_lib.ViewRules] = None,
     every_k: int = 1,
+    group_same_shape: Optional[bool] = None,
+    precision: km.Precision = "highest",
     weight_decay_mask: masking.Mask = None,
 ) -> optax.GradientTransformation:
   """AdamW whose weights also move by −η·γ·Δ after decoupled decay, not Adam-scaled (BortA).
@@ -171,7 +205,8 @@ def bort_adamw(
     b1, b2, eps: Adam moments (the reference's ``betas`` and ``eps``); b1, b2 in [0, 1), eps ≥ 0.
     weight_decay: λ, decoupled (default 1e-4 as ``optax.adamw``; the reference's is 1e-2); applied to
       ``weight_decay_mask`` (default: every leaf, as the reference).
-    alpha, mode, mask, rules, layout, views, every_k: see :func:`bort_jax.add_bort_correction`.
+    alpha, mode, mask, rules, layout, views, every_k, group_same_shape, precision: see
+      :func:`bort_jax.add_bort_correction`.
 
   References:
     Zhang et al., ICLR 2023; Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
@@ -189,11 +224,12 @@ def bort_adamw(
     decoupled_decay = lambda count: learning_rate(count) * weight_decay
   else:
     decoupled_decay = learning_rate * weight_decay
-  return optax.chain(
+  return same_boxing("bort_adamw", optax.chain(
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
       optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
       transform.bort_correction_transform(
           gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k,
-          decoupled_decay=decoupled_decay, decoupled_decay_mask=weight_decay_mask),
+          group_same_shape=group_same_shape, precision=precision, decoupled_decay=decoupled_decay,
+          decoupled_decay_mask=weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))

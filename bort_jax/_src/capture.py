@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from bort_jax._src import dbort
 from bort_jax._src import plan as plan_lib
+from bort_jax._src import view_inference
 from bort_jax._src import views as views_lib
 
 _COLLECTION = "bort_jax_capture"
@@ -88,7 +89,7 @@ def _layer_io(layer, path, inputs, outputs):
 
 def _check_view(path, view, axis_names):
   # add_dbort_term reads each record through the view it infers for the kernel (plan.py); say when they differ.
-  inferred = views_lib.infer_view(tuple(path.split("/")), view.ndim, "flax", None, axis_names).view
+  inferred = view_inference.infer_view(tuple(path.split("/")), view.ndim, "flax", None, axis_names).view
   if inferred != view:
     warnings.warn(f"capture_linen_io: the LayerIO of {path} is in the view {view}, but add_dbort_term infers "
                   f"{inferred} for this kernel; pass views=[({re.escape(path)!r}, {view})] to add_dbort_term.")

@@ -101,6 +101,21 @@ def dbort_kernel_gradient(io: LayerIO, lam: float, beta: float):
   return coefficient * (x.T @ y), coefficient * jnp.sum(y, axis=0)
 
 
+def _check_io(path: str, io: Any, matrix_shape) -> None:
+  """A ValueError naming the kernel when its LayerIO does not fit its matrix view ``(fan_in, out)``."""
+  if len(matrix_shape) != 2:
+    raise ValueError(f"dbort_activations[{path!r}]: the kernel is a batch of {matrix_shape[:-2]} matrices (stacked "
+                     "layers or fused projections); DBort takes one matrix per kernel: unstack those layers.")
+  fan_in, out = matrix_shape
+  inputs, outputs = getattr(io, "inputs", None), getattr(io, "outputs", None)
+  shapes = tuple(getattr(a, "shape", None) for a in (inputs, outputs))
+  if (None in shapes or len(shapes[0]) != 2 or len(shapes[1]) != 2 or shapes[0][1] != fan_in
+      or shapes[1][1] != out or shapes[0][0] != shapes[1][0]):
+    raise ValueError(f"dbort_activations[{path!r}] must be a LayerIO with inputs (n, {fan_in}) and outputs "
+                     f"(n, {out}) in the kernel's matrix view, got {type(io).__name__} with shapes {shapes}; build "
+                     "it with bort_jax.dense_io(x, y) or bort_jax.conv_io(x, y, kernel_size, strides, padding).")
+
+
 class DBortState(NamedTuple):
   """Stateless; kept as a NamedTuple for optax conventions."""
 
@@ -156,6 +171,7 @@ def add_dbort_term(
       kernel = leaves_with_path[index[path]][1]
       names = tuple(path.split("/"))
       view = kernel_views[path]
+      _check_io(path, io, view.matrix_shape(kernel.shape))
       grad_m, grad_b = dbort_kernel_gradient(io, lam, beta)
       grad_kernel = views_lib.from_matrix(grad_m, view, kernel.shape)
       i = index[path]

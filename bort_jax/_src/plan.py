@@ -18,6 +18,7 @@ import jax
 from bort_jax._src import correction
 from bort_jax._src import masking
 from bort_jax._src import validation
+from bort_jax._src import view_inference
 from bort_jax._src import views as views_lib
 
 
@@ -35,6 +36,7 @@ class LeafInfo(NamedTuple):
   scale: float
   status: str  # "constrained", or why not
   guessed: str  # the reason, when the view is a guess; "" otherwise
+  source: str  # where the view came from: a views= rule, axis names, the layer kind, or a guess
 
 
 class KernelPlan(NamedTuple):
@@ -46,7 +48,7 @@ class KernelPlan(NamedTuple):
   scale: float
 
 
-def _is_box(x: Any) -> bool:
+def is_box(x: Any) -> bool:
   """Linen metadata boxes (``nn.Partitioned``) and NNX variables carry axis names."""
   return (hasattr(x, "names") and hasattr(x, "unbox")) or (hasattr(type(x), "get_metadata") and hasattr(type(x), "value"))
 
@@ -60,6 +62,8 @@ def _box_axis_names(box: Any) -> Optional[Tuple[Optional[str], ...]]:
       if names is not None:
         break
   names = getattr(names, "spec", names)  # a NamedSharding
+  if isinstance(names, jax.sharding.PartitionSpec):  # no longer a tuple in current jax
+    names = tuple(names)
   if not isinstance(names, (tuple, list)):
     return None
   return tuple(n if isinstance(n, str) else None for n in names)
@@ -67,10 +71,10 @@ def _box_axis_names(box: Any) -> Optional[Tuple[Optional[str], ...]]:
 
 def axis_names_by_path(params: Any) -> Dict[str, Tuple[Optional[str], ...]]:
   """``{"module/kernel": logical axis names}`` for the leaves of ``params`` that carry them."""
-  boxes = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_box)[0]
+  boxes = jax.tree_util.tree_flatten_with_path(params, is_leaf=is_box)[0]
   found = {}
   for path, box in boxes:
-    if _is_box(box):
+    if is_box(box):
       names = _box_axis_names(box)
       if names is not None:
         found["/".join(views_lib.path_names(path))] = names
@@ -107,7 +111,7 @@ def leaf_infos(params, mask=None, rules=None, layout="flax", views=None) -> Tupl
     shape = tuple(getattr(leaf, "shape", ()))
     if not selected:
       status = "not a kernel" if mask is None else "masked out"
-      infos.append(LeafInfo(index, path_string, shape, None, 0.0, status, ""))
+      infos.append(LeafInfo(index, path_string, shape, None, 0.0, status, "", ""))
       continue
     kernel_paths.append(path_string)
     rule = _first_match(path_string, rules)
@@ -117,19 +121,20 @@ def leaf_infos(params, mask=None, rules=None, layout="flax", views=None) -> Tupl
     used_views.update(() if view_rule is None else (view_rule,))
     declared = None if view_rule is None else views[view_rule][1]
     if view_rule is not None and declared is None:
-      infos.append(LeafInfo(index, path_string, shape, None, scale, f"left out by views rule {views[view_rule][0]!r}", ""))
+      status = f"left out by views rule {views[view_rule][0]!r}"
+      infos.append(LeafInfo(index, path_string, shape, None, scale, status, "", ""))
       continue
     if isinstance(declared, views_lib.KernelView):
       if declared.kernel_ndim != len(shape):
         raise ValueError(f"views rule {views[view_rule][0]!r} gives {declared} for {path_string} which has "
                          f"{len(shape)} axes {shape}.")
-      view, guessed = declared, ""
+      view, guessed, source = declared, "", f"views rule {views[view_rule][0]!r}"
     else:
-      guess = views_lib.infer_view(names, len(shape), layout, declared, names_by_path.get(path_string))
-      view, guessed = guess.view, ("" if guess.certain else guess.reason)
+      guess = view_inference.infer_view(names, len(shape), layout, declared, names_by_path.get(path_string))
+      view, guessed, source = guess.view, ("" if guess.certain else guess.reason), guess.source
     view.split_shape(shape)
     status = "constrained" if scale > 0 else "off (rules scale 0)"
-    infos.append(LeafInfo(index, path_string, shape, view, scale, status, guessed))
+    infos.append(LeafInfo(index, path_string, shape, view, scale, status, guessed, source))
   _unmatched("rules", rules, used_rules, kernel_paths)
   _unmatched("views", views, used_views, kernel_paths)
   if not kernel_paths:
@@ -146,10 +151,10 @@ def plan_kernels(params, mask=None, rules=None, layout="flax", views=None) -> Tu
   for info in infos:
     if info.view is not None and info.scale > 0 and info.guessed:
       warnings.warn(
-          f"bort_jax: the matrix view of {info.path} {info.shape} is a guess ({info.guessed}): "
-          f"{info.view}. Declare it with views=[({info.path!r}, KernelView(...))], or "
-          f"views=[(regex, number_of_leading_stacked_axes)], or name its axes with flax partitioning metadata "
-          f"(stacked axes: one of {views_lib.STACKED_AXIS_NAMES}).", ViewGuessWarning, stacklevel=3)
+          f"bort_jax: the matrix view of {info.path} {info.shape} is a guess ({info.guessed}): {info.view}. "
+          "Read the layer kinds from the model with views=bj.nnx_views(model) or bj.linen_views(module, *inputs), "
+          f"or declare it: views=[({info.path!r}, KernelView(...))], or views=[(regex, stacked axes)] with the "
+          "number of leading stacked-layer axes or their positions, e.g. (1,).", ViewGuessWarning, stacklevel=3)
   plan = [KernelPlan(i.index, i.path, i.view, i.scale) for i in infos if i.view is not None and i.scale > 0]
   return plan, treedef
 
@@ -158,7 +163,7 @@ class Description(tuple):
   """Rows of :func:`describe`; ``str()`` is a fixed-width table."""
 
   def __str__(self) -> str:
-    header = ("path", "shape", "matrix (batch × fan_in × out)", "side", "γ scale", "status")
+    header = ("path", "shape", "matrix (batch × fan_in × out)", "side", "γ scale", "status", "view from")
     rows = [header] + [tuple(str(c) for c in row) for row in self]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -175,7 +180,8 @@ def _side(view: views_lib.KernelView, shape, mode: str) -> str:
 
 
 def describe(params, *, mode: str = "l2-full", mask=None, rules=None, layout: str = "flax", views=None) -> Description:
-  """One row per leaf: path, shape, matrix view, constrained side, γ scale, and why a leaf is left out.
+  """One row per leaf: path, shape, matrix view, constrained side, γ scale, why a leaf is left out, and where its
+  view came from (a ``views=`` rule, axis names, the layer kind, or a guess).
 
   Takes the same selection arguments as :func:`bort_jax.add_bort_correction`. A guessed view says so in the
   status column. ``print(bort_jax.describe(params))`` shows the table.
@@ -191,9 +197,9 @@ def describe(params, *, mode: str = "l2-full", mask=None, rules=None, layout: st
   rows = []
   for info in infos:
     if info.view is None:
-      rows.append((info.path, info.shape, "", "", "", info.status))
+      rows.append((info.path, info.shape, "", "", "", info.status, ""))
       continue
     matrix = " × ".join(str(d) for d in info.view.matrix_shape(info.shape))
     status = info.status + (f"; view guessed: {info.guessed}" if info.guessed else "")
-    rows.append((info.path, info.shape, matrix, _side(info.view, info.shape, mode), info.scale, status))
+    rows.append((info.path, info.shape, matrix, _side(info.view, info.shape, mode), info.scale, status, info.source))
   return Description(rows)

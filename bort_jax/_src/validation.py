@@ -138,13 +138,18 @@ def check_rules(rules: Any) -> Any:
 
 
 def check_views(views: Any) -> Any:
-  """Returns ``views`` if it is None or a sequence of ``(regex, KernelView | None | int >= 0)`` pairs."""
-  def view_ok(view):
-    if view is None or isinstance(view, views_lib.KernelView):
-      return True
-    return isinstance(view, int) and not isinstance(view, bool) and view >= 0
+  """Returns ``views`` if it is None or a sequence of ``(regex, KernelView | None | int >= 0 | tuple of ints)``
+  pairs (an int: the number of leading stacked axes; a tuple: their positions)."""
+  def is_count(x):
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
-  return _check_pairs("views", views, "(regex, KernelView | None | int >= 0)", view_ok)
+  def view_ok(view):
+    if view is None or isinstance(view, views_lib.KernelView) or is_count(view):
+      return True
+    return isinstance(view, tuple) and len(view) > 0 and all(is_count(a) for a in view)
+
+  return _check_pairs("views", views, "(regex, KernelView | None | int >= 0 | tuple of stacked axis positions)",
+                      view_ok)
 
 
 def require_params(transform: str, params: Any, call: str = "update(updates, state, params)") -> None:
