@@ -8,6 +8,7 @@ counter, data position = step) lives in that one pytree, checkpointed with Orbax
 """
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, NamedTuple
@@ -276,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   state = sharding.replicate(state, mesh)
   train_step = make_train_step(graphs, tx, config, steps_per_epoch)
   eval_step = make_eval_step(graphs, config)
-  gap_fn = jax.jit(bort_jax.orthogonality_gap)
+  gap_fn = jax.jit(functools.partial(bort_jax.orthogonality_gap, views=views))
 
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             every_steps=config.checkpoint_every_steps,

@@ -16,6 +16,9 @@ from examples import sharding
 from examples import train
 from examples.configs import default
 
+# The trainer reads exact views from the NNX module types: no view of a shipped model is a guess.
+pytestmark = pytest.mark.filterwarnings("error::bort_jax.ViewGuessWarning")
+
 
 def _tiny_mlp_config(**overrides):
   config = default.get_config()

@@ -12,8 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import bort_jax
 from examples import optimizers
 from examples import train
+
+# The trainer reads exact views from the NNX module types: a user training a shipped config sees no guess.
+pytestmark = pytest.mark.filterwarnings("error::bort_jax.ViewGuessWarning")
 
 TINY = {
     "mlp": {"hidden_sizes": (16,)},
@@ -45,8 +49,10 @@ def _tiny(name, recipe):
 def test_one_step_per_config(name, recipe):
   config, batch = _tiny(name, recipe)
   train.validate(config)
-  tx, _ = optimizers.create_optimizer(config, steps_per_epoch=10)
-  state, graphs = train.create_train_state(train.create_model(config, 10), tx)
+  model = train.create_model(config, 10)
+  views = bort_jax.nnx_views(model)
+  tx, _ = optimizers.create_optimizer(config, steps_per_epoch=10, views=views)
+  state, graphs = train.create_train_state(model, tx)
   before = jax.tree.map(np.array, state.params)  # a copy: the step donates the state
   step = train.make_train_step(graphs, tx, config, steps_per_epoch=10)
   if config.half_precision:  # bf16 compute, f32 parameters.
@@ -62,6 +68,7 @@ def test_one_step_per_config(name, recipe):
     if "kernel" in jax.tree_util.keystr(path):
       kernels_moved.append(not np.array_equal(old, new))
   assert kernels_moved and all(kernels_moved)
+  assert bort_jax.orthogonality_gap(state.params, views=views)  # the trainer's gap metric, with the same views
 
   out = train.make_eval_step(graphs, config)(
       state.params, state.model_state, dict(batch, mask=np.array([True, True, True, False])))
