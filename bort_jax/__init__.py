@@ -5,6 +5,8 @@ networks invertible and their features explainable; DBort adds a data-aware term
 converges to PCA). Kernels are read in the Flax orientation ``M = kernel.reshape(-1, out) = Wᵀ``.
 """
 
+import importlib.metadata
+
 from bort_jax._src.alias import bort_adamw
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import torch_momentum
@@ -36,7 +38,7 @@ from bort_jax._src.view_inference import default_view
 from bort_jax._src.views import from_matrix
 from bort_jax._src.views import to_matrix
 
-__version__ = "0.2.0"
+__version__ = importlib.metadata.version("bort_jax")
 
 __all__ = (
     "BortCorrectionState",

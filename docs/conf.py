@@ -1,5 +1,6 @@
 """Sphinx configuration of the bort_jax API reference (built in CI with warnings as errors)."""
 
+import importlib.metadata
 import os
 import sys
 
@@ -8,7 +9,7 @@ sys.path.insert(0, os.path.abspath(".."))
 project = "bort_jax"
 author = "bort_jax developers"
 copyright = "2026, bort_jax developers"  # noqa: A001 (Sphinx's name)
-release = "0.2.0"
+release = importlib.metadata.version("bort_jax")
 
 extensions = [
     "sphinx.ext.autodoc",

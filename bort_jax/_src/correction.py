@@ -37,7 +37,7 @@ Reference: Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded
 ICLR 2023, Eq. (9)-(10).
 """
 
-from typing import NamedTuple, Union
+from typing import Literal, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -67,6 +67,7 @@ MODE_SPECS = {
     "l1-col": ModeSpec("col", "l1", False),
 }
 MODES = tuple(MODE_SPECS)
+Mode = Literal["l2-full", "l2-row", "l2-col", "l1-full", "l1-fullrow", "l1-fullcol", "l1-row", "l1-col"]
 ADAPTIVE = validation.ADAPTIVE
 REFERENCE_ADAPTIVE = "ada"
 

@@ -20,13 +20,13 @@ constraint ``WᵀW − αI`` is a small difference of large numbers, so the Gram
 
 import dataclasses
 import math
-from typing import Optional, Tuple, Union
+from typing import Literal, Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 
 PRECISIONS = ("highest", "high", "default")
-Precision = Union[None, str, jax.lax.Precision]
+Precision = Union[None, Literal["highest", "high", "default"], jax.lax.Precision]
 SIDES = ("row", "col")
 
 

@@ -53,14 +53,14 @@ def kernel_corrections(params, plan, alpha, mode, shrink=None, group_same_shape=
           for d, item in zip(deltas, plan)]
 
 
-def bort_correction_transform(
+def add_bort_correction(
     gamma: optax.ScalarOrSchedule,
     alpha: correction.Amplitude = 1.0,
-    mode: str = "l2-full",
+    mode: correction.Mode = "l2-full",
     *,
     mask: masking.Mask = None,
     rules: Optional[masking.Rules] = None,
-    layout: str = "flax",
+    layout: views_lib.Layout = "flax",
     views: Optional[views_lib.ViewRules] = None,
     every_k: int = 1,
     group_same_shape: Optional[bool] = None,
@@ -68,10 +68,55 @@ def bort_correction_transform(
     decoupled_decay: Optional[optax.ScalarOrSchedule] = None,
     decoupled_decay_mask: masking.Mask = None,
 ) -> optax.GradientTransformation:
-  """:func:`add_bort_correction`, plus evaluation at decoupled-decayed weights for :func:`bort_adamw`.
+  """Adds the Bort correction γ·Δ(params) of every constrained kernel to the updates.
 
-  With ``decoupled_decay`` = c (the product lr·weight_decay), Δ is evaluated at ``params · (1 − c)`` on the
-  leaves selected by ``decoupled_decay_mask``: the reference BortA decays the weights first, then corrects.
+  Like :func:`optax.add_decayed_weights`, it acts on gradients: put it first in a chain (before weight decay,
+  momentum and the learning rate) for the reference BortS form.
+
+  .. math::
+    u \\leftarrow u + \\gamma\\, s_\\ell\\, \\Delta(W_\\ell), \\quad \\Delta = WW^\\top W - \\alpha W \\text{ (l2-full)}
+
+  Args:
+    gamma: γ ≥ 0, a float or an optax schedule of the step count.
+    alpha: amplitude α > 0, or ``"adaptive"`` ((mean unit norm)², computed in-graph).
+    mode: one of ``bort_jax.MODES`` (see :func:`bort_jax.bort_correction`).
+    mask: ``None`` (conv/dense/attention kernels, :func:`bort_jax.kernel_mask`), a boolean pytree, or a
+      callable returning one from params. Under ``optax.inject_hyperparams`` list a callable mask in
+      ``static_args``.
+    rules: ``[(regex, scale), ...]`` matched with ``re.fullmatch`` on ``"module/kernel"`` paths, first wins;
+      the layer's γ is ``gamma * scale`` (0 switches it off); unmatched kernels use scale 1. A regex that
+      matches no kernel raises ``ValueError``.
+    layout: ``"flax"`` (``(..., in, out)`` kernels) or ``"torch"`` (``(out, in, ...)`` weights).
+    views: ``[(regex, KernelView | int | None), ...]`` overriding the default view of matching kernels: a
+      :class:`bort_jax.KernelView`, the number of leading stacked-layer axes (``nn.scan``/``nnx.vmap``), or
+      ``None`` to leave the kernel alone. Without a rule the view comes from the layer kind and flax axis
+      metadata; a guessed view warns (``bort_jax.describe`` shows every view).
+    every_k: compute the correction every k steps with weight γ·k (cheaper; the constraint is then enforced
+      in bursts, which is fine while lr·γ·k·‖Δ‖ stays small).
+    group_same_shape: stack same-shape kernels into one batched matmul; ``None``: on accelerators only.
+    precision: matmul precision of the Gram WᵀW: ``"highest"`` (default), ``"high"`` or ``"default"``. TPUs
+      and GPUs round float32 matmul inputs to bfloat16/TF32 at default precision, which makes Δ noise once
+      the off-diagonal gap is below ~1e-2; HIGHEST costs 3–6 bf16 passes for the Gram only (see the README).
+    decoupled_decay: for :func:`bort_jax.bort_adamw`: c = lr·weight_decay (float or schedule); Δ is then
+      evaluated at ``params · (1 − c)`` on the leaves of ``decoupled_decay_mask``, as the reference BortA
+      decays the weights first and then corrects.
+    decoupled_decay_mask: the leaves ``decoupled_decay`` applies to (``None``: all).
+
+  Returns:
+    An ``optax.GradientTransformation``; its ``update`` requires ``params``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, bort_jax as bj
+    >>> params = {"fc": {"kernel": 2.0 * jnp.eye(2), "bias": jnp.zeros(2)}}
+    >>> tx = optax.chain(bj.add_bort_correction(gamma=0.5), optax.sgd(1.0))
+    >>> updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    >>> jnp.diag(updates["fc"]["kernel"])  # −γ·(WWᵀW − W) = −0.5·(8 − 2)
+    Array([-3., -3.], dtype=float32)
+    >>> float(jnp.abs(updates["fc"]["bias"]).max())  # biases are never constrained
+    0.0
+
+  References:
+    Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded Orthogonal Constraint", ICLR 2023.
   """
   validation.check_nonnegative("gamma", gamma, allow_schedule=True)
   validation.check_alpha(alpha)
@@ -122,67 +167,3 @@ def bort_correction_transform(
     return new_updates, BortCorrectionState(count=optax.safe_increment(state.count))
 
   return optax.GradientTransformation(init_fn, update_fn)
-
-
-def add_bort_correction(
-    gamma: optax.ScalarOrSchedule,
-    alpha: correction.Amplitude = 1.0,
-    mode: str = "l2-full",
-    *,
-    mask: masking.Mask = None,
-    rules: Optional[masking.Rules] = None,
-    layout: str = "flax",
-    views: Optional[views_lib.ViewRules] = None,
-    every_k: int = 1,
-    group_same_shape: Optional[bool] = None,
-    precision: km.Precision = "highest",
-) -> optax.GradientTransformation:
-  """Adds the Bort correction γ·Δ(params) of every constrained kernel to the updates.
-
-  Like :func:`optax.add_decayed_weights`, it acts on gradients: put it first in a chain (before weight decay,
-  momentum and the learning rate) for the reference BortS form.
-
-  .. math::
-    u \\leftarrow u + \\gamma\\, s_\\ell\\, \\Delta(W_\\ell), \\quad \\Delta = WW^\\top W - \\alpha W \\text{ (l2-full)}
-
-  Args:
-    gamma: γ ≥ 0, a float or an optax schedule of the step count.
-    alpha: amplitude α > 0, or ``"adaptive"`` ((mean unit norm)², computed in-graph).
-    mode: one of ``bort_jax.MODES`` (see :func:`bort_jax.bort_correction`).
-    mask: ``None`` (conv/dense/attention kernels, :func:`bort_jax.kernel_mask`), a boolean pytree, or a
-      callable returning one from params. Under ``optax.inject_hyperparams`` list a callable mask in
-      ``static_args``.
-    rules: ``[(regex, scale), ...]`` matched with ``re.fullmatch`` on ``"module/kernel"`` paths, first wins;
-      the layer's γ is ``gamma * scale`` (0 switches it off); unmatched kernels use scale 1. A regex that
-      matches no kernel raises ``ValueError``.
-    layout: ``"flax"`` (``(..., in, out)`` kernels) or ``"torch"`` (``(out, in, ...)`` weights).
-    views: ``[(regex, KernelView | int | None), ...]`` overriding the default view of matching kernels: a
-      :class:`bort_jax.KernelView`, the number of leading stacked-layer axes (``nn.scan``/``nnx.vmap``), or
-      ``None`` to leave the kernel alone. Without a rule the view comes from the layer kind and flax axis
-      metadata; a guessed view warns (``bort_jax.describe`` shows every view).
-    every_k: compute the correction every k steps with weight γ·k (cheaper; the constraint is then enforced
-      in bursts, which is fine while lr·γ·k·‖Δ‖ stays small).
-    group_same_shape: stack same-shape kernels into one batched matmul; ``None``: on accelerators only.
-    precision: matmul precision of the Gram WᵀW: ``"highest"`` (default), ``"high"`` or ``"default"``. TPUs
-      and GPUs round float32 matmul inputs to bfloat16/TF32 at default precision, which makes Δ noise once
-      the off-diagonal gap is below ~1e-2; HIGHEST costs 3–6 bf16 passes for the Gram only (see the README).
-
-  Returns:
-    An ``optax.GradientTransformation``; its ``update`` requires ``params``.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, optax, bort_jax as bj
-    >>> params = {"fc": {"kernel": 2.0 * jnp.eye(2), "bias": jnp.zeros(2)}}
-    >>> tx = optax.chain(bj.add_bort_correction(gamma=0.5), optax.sgd(1.0))
-    >>> updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-    >>> jnp.diag(updates["fc"]["kernel"])  # −γ·(WWᵀW − W) = −0.5·(8 − 2)
-    Array([-3., -3.], dtype=float32)
-    >>> float(jnp.abs(updates["fc"]["bias"]).max())  # biases are never constrained
-    0.0
-
-  References:
-    Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded Orthogonal Constraint", ICLR 2023.
-  """
-  return bort_correction_transform(
-      gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k,
-      group_same_shape=group_same_shape, precision=precision)

@@ -7,7 +7,7 @@ A :class:`KernelView` is the dimension numbers of one kernel. :func:`to_matrix` 
 
 import dataclasses
 import math
-from typing import Any, Sequence, Tuple, Union
+from typing import Any, Literal, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from bort_jax._src.kernel_matrix import KernelMatrix
 
 LAYOUTS = ("flax", "torch")
+Layout = Literal["flax", "torch"]
 TORCH_QKV = "in_proj_weight"  # torch.nn.MultiheadAttention: q, k, v stacked as (3·E, E)
 
 # Rules mapping a path regex to a view, to the stacked axes (a number of leading axes, or their positions), or to
