@@ -17,7 +17,7 @@ def _check(name: str, ok: bool, detail: str, *values: float) -> str:
 
 def acceptance(summary: Mapping[str, Mapping[str, tuple]]) -> list[str]:
   """The claims (Bort reconstructs better than SGD, DBort at least as well as Bort, Bort's explanations point at
-  least as well as SGD's) on ``bort_jax.explain.report_tables.summarize_seeds`` output; one line per check."""
+  least as well as SGD's) on ``benchmarks.explain_tables.summarize_seeds`` output; one line per check."""
   lines = []
   mean = lambda m, k: summary.get(m, {}).get(k, (float("nan"),))[0]
   depths = sorted({k.split("/")[1] for m in summary for k in summary[m] if k.startswith("reconstruction/")})
@@ -35,5 +35,5 @@ def acceptance(summary: Mapping[str, Mapping[str, tuple]]) -> list[str]:
 
 
 def claims_section(summary) -> list[str]:
-  """Markdown lines of the claims section (for ``report_tables.write_markdown(..., sections=...)``)."""
+  """Markdown lines of the claims section (for ``explain_tables.write_markdown(..., sections=...)``)."""
   return [CLAIMS_TITLE, ""] + acceptance(summary)

@@ -1,4 +1,4 @@
-"""Models of the explainability report and their pure functions (``bort_jax.explain.report.ModelFns``).
+"""Models of the explainability report and their pure functions (``examples.explain_protocol.ModelFns``).
 
 Two architectures, each as a ReLU net (trained with SGD, Bort or DBort) and a B-cos net. The B-cos nets follow
 the authors' protocol (``bort_jax.explain.bcos``): MaxOut over 2 units, padding 1 on both sides of every 3×3
@@ -22,7 +22,7 @@ import jax
 from flax import nnx
 
 from bort_jax.explain import bcos
-from bort_jax.explain import report
+from examples import explain_protocol
 
 ARCHS = ("mlp", "cnn")
 KINDS = ("sgd", "bort", "dbort", "bcos")
@@ -138,7 +138,7 @@ def tiled(fn: Callable, tile: Sequence[int]) -> Callable:
 
 
 def model_fns(arch: str, kind: str, model: nnx.Module, image_shape: Sequence[int] = MNIST_SHAPE
-              ) -> report.ModelFns:
+              ) -> explain_protocol.ModelFns:
   """Pure functions of a trained model (built once per architecture: seeds share compilations)."""
   graphdef = nnx.graphdef(model)
   net = lambda p: nnx.merge(graphdef, p)
@@ -148,7 +148,7 @@ def model_fns(arch: str, kind: str, model: nnx.Module, image_shape: Sequence[int
     apply_fn, linear_fn, _ = bcos.bcos_apply_fns(model)
     pooled_linear = lambda p, e: pool(lift(linear_fn)(p, e))
     explain = jax.jit(lambda p, x, t: bcos.bcos_contributions(pooled_linear, p, x, t))
-    return report.ModelFns(lambda p, x: pool(lift(apply_fn)(p, x)), explain_fn=explain)
+    return explain_protocol.ModelFns(lambda p, x: pool(lift(apply_fn)(p, x)), explain_fn=explain)
   if arch == "mlp":
     layers = {f"fc{d}": lambda p, d=d: net(p).layers[d - 1] for d in range(1, len(model.layers))}
     head_fn = lambda p, h: net(p).layers[-1](h).mean(1)
@@ -156,7 +156,7 @@ def model_fns(arch: str, kind: str, model: nnx.Module, image_shape: Sequence[int
     layers = {f"conv{d}": lambda p, d=d: net(p).convs[d - 1] for d in range(1, len(model.convs) + 1)}
     head_fn = lambda p, h: CNN.pool(net(p).head(h))
   features = lambda depth: lift(lambda p, x: net(p).forward(x, depth)[0])
-  return report.ModelFns(
+  return explain_protocol.ModelFns(
       apply_fn=lambda p, x: pool(lift(lambda q, z: net(q)(z))(p, x)),
       features_fns={name: features(d) for d, name in enumerate(layers, start=1)},
       head_fn=head_fn,

@@ -9,7 +9,7 @@ The ReLU nets are trained with optax SGD (momentum 0.9), ``bort_jax.bort_sgd`` (
 padding) with Adam on the authors' binary cross-entropy. The architectures (and how they read the grids of the
 pointing game) are in ``benchmarks/explain_models.py``. Data: ``$BORT_DATA_DIR/{mnist,cifar10}.npz`` (default
 ``../shared/data`` from the repository root; its CIFAR-10 copy is JPEG-compressed). Everything else is measured
-by ``bort_jax.explain.report``; the claims checked at the end are in ``benchmarks/explain_acceptance.py``.
+by ``examples.explain_protocol``; the claims checked at the end are in ``benchmarks/explain_acceptance.py``.
 
 Resumable: every (dataset, arch, model, seed) result is saved as it finishes, with its parameters, under
 ``--cache-dir`` (default ``runs/explain_report/<dataset>_<arch>/``); a rerun with the same options skips those
@@ -32,8 +32,8 @@ from flax import nnx
 import bort_jax
 from benchmarks import explain_acceptance
 from benchmarks import explain_models as models
-from bort_jax.explain import report
-from bort_jax.explain import report_tables
+from examples import explain_protocol
+from benchmarks import explain_tables
 
 DATASETS = ("mnist", "cifar10")
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
@@ -300,7 +300,7 @@ def parse_args(argv=None):
   parser.add_argument("--num-eval", type=int, default=200, help="test images for deletion/insertion")
   parser.add_argument("--num-big", type=int, default=100, help="test images for BSM/BIG (boundary search)")
   parser.add_argument("--ig-steps", type=int, default=8)
-  parser.add_argument("--boundary-epsilons", type=float, nargs="+", default=list(report.PIXEL_EPSILONS),
+  parser.add_argument("--boundary-epsilons", type=float, nargs="+", default=list(explain_protocol.PIXEL_EPSILONS),
                       help="PGD-L2 radii of the boundary search (images in [0, 1])")
   parser.add_argument("--cw-epsilon", type=float, help="CW-L2 radius (default: the largest PGD radius)")
   args = parser.parse_args(argv)
@@ -357,7 +357,7 @@ def main(argv=None):
         save_params(model, params_path)
         fns = fns_by_family.setdefault(family, models.model_fns(args.arch, kind, model, args.image_shape))
         eval_start = time.time()
-        metrics = report.evaluate(fns, nnx.state(model), x_test, y_test, x_train[:2000], y_train[:2000],
+        metrics = explain_protocol.evaluate(fns, nnx.state(model), x_test, y_test, x_train[:2000], y_train[:2000],
                                   num_grids=args.num_grids, num_eval=args.num_eval, num_big=args.num_big,
                                   ig_steps=args.ig_steps, channel_mean=channel_mean, smooth=args.smooth,
                                   epsilons=tuple(args.boundary_epsilons), cw_epsilon=args.cw_epsilon)
@@ -378,8 +378,8 @@ def write_report(args, config, results, first_seed, fns_by_family, x_test, y_tes
   pick = [int(np.flatnonzero(y_test == c)[0]) for c in range(0, 10, 2)]   # the first test image of 5 classes
   name = f"explain_{args.dataset}_{args.arch}"
   depths = list(fns_by_family["relu"].features_fns) if "relu" in fns_by_family else []
-  panels = report.figure_panels(first_seed, x_test[pick], y_test[pick], depths=depths[:1] + depths[-1:])
-  report.write_figure(panels, out / f"{name}.png")
+  panels = explain_protocol.figure_panels(first_seed, x_test[pick], y_test[pick], depths=depths[:1] + depths[-1:])
+  explain_protocol.write_figure(panels, out / f"{name}.png")
   config = config | {"seconds_this_run": round(seconds), "backend": jax.default_backend()}
   for key in _NOT_REPORTED:
     config.pop(key)
@@ -394,11 +394,11 @@ def write_report(args, config, results, first_seed, fns_by_family, x_test, y_tes
   if data_note:
     notes = (f"**Data: {JPEG_NOTE}.**", "") + notes
   notes = tuple(line for remark in args.note for line in (f"**Note: {remark}**", "")) + notes
-  summary = report_tables.summarize_seeds(results)
-  text = report_tables.write_markdown(
+  summary = explain_tables.summarize_seeds(results)
+  text = explain_tables.write_markdown(
       results, out / f"{name}.md", config, f"{name}.png", notes,
       title=f"Explainability on {TITLES[args.dataset]} ({args.arch.upper()}): SGD vs Bort vs DBort vs B-cos",
-      captions={"models": report_tables.default_captions(config)["models"] + "; training as stated above"},
+      captions={"models": explain_tables.default_captions(config)["models"] + "; training as stated above"},
       data_note=data_note, sections=explain_acceptance.claims_section(summary))
   print(text)
 

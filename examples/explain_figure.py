@@ -14,7 +14,7 @@ import numpy as np
 
 from bort_jax import explain
 from bort_jax.explain import reconstruction
-from bort_jax.explain import report
+from examples import explain_protocol
 from examples import data as data_lib
 from examples import train
 
@@ -87,6 +87,6 @@ def write_explain_figure(config, workdir: str, state, data_dir: str | None) -> s
                                head_fn=lambda p, h: head(net(p), h), target=jnp.argmax(logits, -1))
   panels[f"backtracking\n{last}, top {TOP_FRACTION:.0%}"] = np.asarray(explain.pixel_map(saliency))
   path = os.path.join(workdir, "explain.png")
-  report.write_figure(panels, path, title=f"{config.model} / {config.dataset} / {config.optimizer}:\n"
+  explain_protocol.write_figure(panels, path, title=f"{config.model} / {config.dataset} / {config.optimizer}:\n"
                                           "reconstruction from each depth, backtracking saliency")
   return path

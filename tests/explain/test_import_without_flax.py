@@ -12,8 +12,8 @@ import sys
 sys.modules["flax"] = None          # any `import flax...` now raises ModuleNotFoundError, as without the package
 import jax.numpy as jnp
 import bort_jax.explain as explain
-from bort_jax.explain import report
 assert not any(name == "flax" or name.startswith("flax.") for name, m in sys.modules.items() if m is not None)
+assert "matplotlib" not in sys.modules  # the library measures; report and figure code lives in examples/ and benchmarks/
 lazy = set(explain._FLAX_NAMES)
 for name in explain.__all__:
   if name not in lazy:

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bort_jax.explain import report
-from bort_jax.explain import report_tables
+from examples import explain_protocol
+from benchmarks import explain_tables
 
 
 def _results():
@@ -26,7 +26,7 @@ def _results():
 
 
 def test_summarize_seeds_gives_mean_std_and_count():
-  summary = report_tables.summarize_seeds(_results())
+  summary = explain_tables.summarize_seeds(_results())
   mean, std, count = summary["bort"]["reconstruction/fc1/psnr"]
   np.testing.assert_allclose([mean, std, count], [13.0, np.std([12.0, 13.0, 14.0]), 3])
   np.testing.assert_allclose(summary["sgd"]["pointing_game/2x2/input×gradient"][0], 0.4)
@@ -40,10 +40,10 @@ def test_a_seed_without_grids_is_left_out_of_the_mean_and_the_cell_says_so(tmp_p
       r["metrics"]["pointing_game_grids"]["3x3"] = 0
     if r["model"] == "dbort":
       r["metrics"]["pointing_game"]["3x3"]["gradient"] = float("nan")
-  summary = report_tables.summarize_seeds(results)
+  summary = explain_tables.summarize_seeds(results)
   assert summary["bort"]["pointing_game/3x3/gradient"] == (0.25, 0.0, 2)
   assert summary["dbort"]["pointing_game/3x3/gradient"][2] == 0
-  text = report_tables.write_markdown(results, tmp_path / "r.md", {})
+  text = explain_tables.write_markdown(results, tmp_path / "r.md", {})
   assert "| bort | gradient | 0.500 ± 0.000 | 0.250 ± 0.000 (2 of 3 seeds) |" in text
   assert "| dbort | gradient | 0.450 ± 0.000 | n/a |" in text
   assert "bort 500, 500, 500 / 0, 481, 482" in text
@@ -52,7 +52,7 @@ def test_a_seed_without_grids_is_left_out_of_the_mean_and_the_cell_says_so(tmp_p
 def test_markdown_has_a_row_per_model_and_method_and_the_protocol_in_each_caption(tmp_path):
   path = tmp_path / "r.md"
   config = {"num_grids": 5, "ig_steps": 8, "boundary_epsilons": [0.5, 2.0], "num_big": 10}
-  text = report_tables.write_markdown(_results(), path, config, None, ["a note"], title="A title",
+  text = explain_tables.write_markdown(_results(), path, config, None, ["a note"], title="A title",
                                data_note="some data", sections=["## Extra", "- line"])
   assert path.read_text() == text
   assert text.startswith("# A title\n")
@@ -70,14 +70,14 @@ def test_markdown_has_a_row_per_model_and_method_and_the_protocol_in_each_captio
 
 
 def test_captions_state_the_boundary_rise_and_trapezoid_conventions():
-  captions = report_tables.default_captions({"ig_steps": 8, "boundary_epsilons": [0.5, 1.0, 6.0], "smooth": 3})
+  captions = explain_tables.default_captions({"ig_steps": 8, "boundary_epsilons": [0.5, 1.0, 6.0], "smooth": 3})
   assert "cw_epsilon = 6" in captions["completeness"] and "{0.5, 1, 6}" in captions["completeness"]
   assert "trapezoid" in captions["completeness"] and "(8−1)/8" in captions["completeness"]
   assert "random start" in captions["completeness"] and "predicted class" in captions["completeness"]
   assert "RISE" in captions["deletion_insertion"] and "training mean" in captions["deletion_insertion"]
   assert "blur" in captions["deletion_insertion"] and "top predicted class" in captions["deletion_insertion"]
   assert "3×3 box smoothing" in captions["pointing_game"]
-  assert "cw_epsilon = 2" in report_tables.default_captions({"boundary_epsilons": [1.0, 2.0],
+  assert "cw_epsilon = 2" in explain_tables.default_captions({"boundary_epsilons": [1.0, 2.0],
                                                       "cw_epsilon": 2.0})["completeness"]
 
 
@@ -94,11 +94,11 @@ def test_pointing_game_explains_and_scores_every_cell():
     seen.append(np.asarray(t))
     return (np.abs(x[..., 0] - (np.asarray(t)[:, None, None] + 1) / 10) < 1e-6).astype(np.float32)
 
-  scores = report.pointing_game({"oracle": oracle, "uniform": lambda x, t: np.ones(x.shape[:3])},
+  scores = explain_protocol.pointing_game({"oracle": oracle, "uniform": lambda x, t: np.ones(x.shape[:3])},
                                 grids.astype(np.float32), cell_labels, g)
   np.testing.assert_allclose([scores["oracle"], scores["uniform"]], [1.0, 0.25])
   np.testing.assert_array_equal(np.concatenate(seen), cell_labels.reshape(-1))
-  assert np.isnan(report.pointing_game({"m": oracle}, grids[:0], cell_labels[:0], g)["m"])
+  assert np.isnan(explain_protocol.pointing_game({"m": oracle}, grids[:0], cell_labels[:0], g)["m"])
 
 
 def _tiny_model(seed=0, channels=16, classes=10):
@@ -113,7 +113,7 @@ def _tiny_model(seed=0, channels=16, classes=10):
   conv = lambda p, x: jax.nn.relu(jax.lax.conv_general_dilated(x, p["conv"], (1, 1), "SAME",
                                                                dimension_numbers=("NHWC", "HWIO", "NHWC")))
   head_fn = lambda p, h: (h @ p["head"]).mean((1, 2))
-  return report.ModelFns(apply_fn=lambda p, x: head_fn(p, conv(p, x)), features_fns={"conv1": conv},
+  return explain_protocol.ModelFns(apply_fn=lambda p, x: head_fn(p, conv(p, x)), features_fns={"conv1": conv},
                          head_fn=head_fn, kernels_fn=lambda p: {"conv1": p["conv"]}), params
 
 
@@ -123,7 +123,7 @@ def test_evaluate_runs_every_protocol_on_a_tiny_model():
   y = np.array(fns.apply_fn(params, x).argmax(-1), np.int32)     # the model's own labels ...
   y[:10] = np.arange(10)                                         # ... but every class present
   with pytest.warns(UserWarning, match="too few confident, correctly classified"):   # 3×3 needs all 10 classes
-    out = report.evaluate(fns, params, x, y, x, y, num_grids=4, num_eval=6, num_big=4, ig_steps=4,
+    out = explain_protocol.evaluate(fns, params, x, y, x, y, num_grids=4, num_eval=6, num_big=4, ig_steps=4,
                           epsilons=(0.5, 2.0))
   assert 0.8 < out["accuracy"] < 1.0
   assert out["pointing_game_grids"] == {"2x2": 3, "3x3": 0} and np.isnan(out["pointing_game"]["3x3"]["gradient"])
@@ -144,12 +144,12 @@ def test_figure_panels_reconstruct_each_requested_depth_and_show_the_saliency():
   x = np.random.default_rng(1).uniform(size=(3, 8, 8, 1)).astype(np.float32)
   native = fns._replace(features_fns={}, kernels_fn=None, head_fn=None,           # B-cos-like: no depths
                          explain_fn=lambda p, images, target: jnp.ones(images.shape))
-  panels = report.figure_panels({"m": (fns, params), "bcos": (native, params)}, x, np.array([0, 1, 2]),
+  panels = explain_protocol.figure_panels({"m": (fns, params), "bcos": (native, params)}, x, np.array([0, 1, 2]),
                                 depths=("conv1",))
   assert list(panels) == ["input", "m c·x̂ (conv1)", "m backtracking", "bcos B-cos W(x)⊙x"]
   with pytest.raises(ValueError, match=r"depths \['conv9'\] are not accepted: no model has them; accepted "
                                        r"values: \['conv1'\]"):
-    report.figure_panels({"m": (fns, params)}, x, np.array([0, 1, 2]), depths=("conv1", "conv9"))
+    explain_protocol.figure_panels({"m": (fns, params)}, x, np.array([0, 1, 2]), depths=("conv1", "conv9"))
   # For a ReLU conv J(x)ᵀ f(x) is the transposed convolution of the features; the panel is its least-squares
   # multiple of x (so the 1/α scale drops out).
   linear = lambda v: jax.lax.conv_general_dilated(v, params["conv"], (1, 1), "SAME",
@@ -166,7 +166,7 @@ def test_figure_is_written(tmp_path):
   rng = np.random.default_rng(0)
   panels = {"input": rng.uniform(size=(2, 6, 6)), "m x̂ (fc1)": rng.uniform(size=(2, 6, 6, 3)),
             "m saliency": rng.normal(size=(2, 6, 6))}
-  report.write_figure(panels, tmp_path / "f.png", title="two\nlines")
+  explain_protocol.write_figure(panels, tmp_path / "f.png", title="two\nlines")
   assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -174,7 +174,7 @@ def test_figure_is_written(tmp_path):
 
 def test_claims_section_checks_bort_against_sgd_and_dbort():
   from benchmarks import explain_acceptance
-  lines = explain_acceptance.claims_section(report_tables.summarize_seeds(_results()))
+  lines = explain_acceptance.claims_section(explain_tables.summarize_seeds(_results()))
   assert lines[0] == explain_acceptance.CLAIMS_TITLE
   assert "- PASS — Bort PSNR > SGD PSNR (fc1): 13.00 vs 8.00 dB" in lines
   assert "- PASS — DBort PSNR ≥ Bort PSNR (fc1): 14.00 vs 13.00 dB" in lines
@@ -182,7 +182,7 @@ def test_claims_section_checks_bort_against_sgd_and_dbort():
   results = [r for r in _results() if r["model"] != "sgd"]
   for r in results:
     r["metrics"]["pointing_game"]["3x3"]["gradient"] = float("nan")
-  lines = explain_acceptance.claims_section(report_tables.summarize_seeds(results))
+  lines = explain_acceptance.claims_section(explain_tables.summarize_seeds(results))
   assert "- NOT MEASURED — Bort ≥ SGD on 3x3/gradient: nan vs nan" in lines
   assert "- NOT MEASURED — Bort PSNR > SGD PSNR (fc1): 13.00 vs nan dB" in lines
 

@@ -1,5 +1,5 @@
 """Markdown tables of an explainability report: seeds aggregated, one table per metric family, each captioned
-with the protocol :func:`bort_jax.explain.report.evaluate` followed."""
+with the protocol :func:`examples.explain_protocol.evaluate` followed."""
 
 import json
 import pathlib
@@ -7,10 +7,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from bort_jax.explain.report import ADVERSARIAL_EPSILON
-from bort_jax.explain.report import ADVERSARIAL_STEPS
-from bort_jax.explain.report import NUM_RECONSTRUCTION
-from bort_jax.explain.report import PIXEL_EPSILONS
+from examples.explain_protocol import ADVERSARIAL_EPSILON
+from examples.explain_protocol import ADVERSARIAL_STEPS
+from examples.explain_protocol import NUM_RECONSTRUCTION
+from examples.explain_protocol import PIXEL_EPSILONS
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 A model enters as :class:`ModelFns` (pure functions) plus its params, so the report does not depend on how the
 model was built or trained. :func:`evaluate` measures, each metric with the protocol of the paper it is named
-after (the captions of :func:`bort_jax.explain.report_tables.write_markdown` state them):
+after (the captions of :func:`benchmarks.explain_tables.write_markdown` state them):
 
 * test accuracy and the orthogonality gap of the feature kernels;
 * reconstruction MSE / PSNR from every depth (:mod:`bort_jax.explain.reconstruction`);
@@ -15,7 +15,7 @@ after (the captions of :func:`bort_jax.explain.report_tables.write_markdown` sta
 * explainable adversarial samples next to targeted PGD-L2 (:func:`adversarial_comparison`).
 
 :func:`figure_panels` and :func:`write_figure` draw inputs, reconstructions and saliency maps;
-:mod:`bort_jax.explain.report_tables` aggregates seeds into Markdown tables. What a report is about (title, setup,
+:mod:`benchmarks.explain_tables` aggregates seeds into Markdown tables. What a report is about (title, setup,
 claims to check) is the caller's: ``benchmarks/explain_report.py`` is one.
 """
 
