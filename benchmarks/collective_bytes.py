@@ -1,13 +1,16 @@
-"""Bytes moved by collectives in one Bort update on 8 fake CPU devices, FSDP and tensor-parallel sharding.
+"""Bytes moved by collectives, and FLOPs per device, in one Bort update on 8 fake CPU devices.
 
-For ResNet-50 and ViT-B/16 parameter shapes (`benchmarks/shapes.py`, f32) on a 1-D Explicit mesh ("x" of 8),
-each kernel is sharded on one axis divisible by 8: FSDP on its largest fan-in axis, tensor parallel on its
-first output axis (conv `out`; attention query/key/value `heads` else `head_dim`; attention out `embed`).
-(ViT's patch_embed (16, 16, 3, 768) is thus FSDP-sharded on kh.) Kernels without such an axis, biases and
+For ResNet-50 and ViT-B/16 parameter shapes (`benchmarks/shapes.py`, f32) on Explicit meshes, each kernel is
+sharded: FSDP on its largest fan-in axis divisible by 8 ("x" of 8), tensor parallel on its first output axis
+divisible by 8 (conv `out`; attention query/key/value `heads` else `head_dim`; attention out `embed`), and both
+on ("x", "y") of 4 × 2: the largest fan-in axis divisible by 4 on "x", the first output axis divisible by 2 on
+"y". (ViT's patch_embed (16, 16, 3, 768) is thus FSDP-sharded on kh.) Kernels without such an axis, biases and
 norm parameters stay replicated. For optax.sgd and bort_sgd (l2-full, l1-fullrow) the compiled HLO of
 `jit(lambda p, g: tx.update(g, tx.init(p), p))` is parsed and the per-device result bytes of every collective
 summed by kind, next to the bytes of the kernels and of the Grams as formed (l2-full: the side
-`kernel_matrix.contracting_side` picks; l1-fullrow: out × out). Nothing is executed: only compiled.
+`kernel_matrix.contracting_side` picks; l1-fullrow: out × out). FLOPs per device are the compiled per-device
+(SPMD-partitioned) module's `cost_analysis()["flops"]`, also as a fraction of the same update compiled for one
+device. Nothing is executed: only compiled.
 
 Run from the repository root (re-executes itself with the fake-device XLA_FLAGS when they are missing):
   python -m benchmarks.collective_bytes [--out benchmarks/results/collective_bytes.md] [--json PATH] [--tiny]
@@ -119,31 +122,43 @@ def tiny_shapes():
           "conv": {"kernel": leaf(3, 3, 16, 32), "bias": leaf(32)}}
 
 
-def _fsdp_axis(shape, view):
-  """Largest fan-in axis divisible by the device count, or None."""
-  axes = [a for a in view.in_axes if shape[a] % DEVICES == 0]
+def _fsdp_axis(shape, view, size=DEVICES):
+  """Largest fan-in axis divisible by ``size``, or None."""
+  axes = [a for a in view.in_axes if shape[a] % size == 0]
   return max(axes, key=lambda a: shape[a], default=None)
 
 
-def _tensor_parallel_axis(shape, view):
-  """First output axis divisible by the device count (heads before head_dim), or None."""
-  return next((a for a in view.out_axes if shape[a] % DEVICES == 0), None)
+def _tensor_parallel_axis(shape, view, size=DEVICES):
+  """First output axis divisible by ``size`` (heads before head_dim), or None."""
+  return next((a for a in view.out_axes if shape[a] % size == 0), None)
 
 
-STRATEGIES = {"FSDP": _fsdp_axis, "tensor parallel": _tensor_parallel_axis}
+# name: (mesh shape, the axis picker of each mesh axis "x", "y")
+STRATEGIES = {
+    "FSDP": ((DEVICES,), (_fsdp_axis,)),
+    "tensor parallel": ((DEVICES,), (_tensor_parallel_axis,)),
+    "FSDP × tensor parallel": ((4, 2), (_fsdp_axis, _tensor_parallel_axis)),
+}
 
 
-def partition_specs(params, pick_axis):
-  """Spec tree sharding each kernel on ``pick_axis``'s axis, and the paths of kernels left replicated."""
+def make_mesh(strategy):
+  shape = STRATEGIES[strategy][0]
+  return jax.make_mesh(shape, ("x", "y")[:len(shape)], axis_types=(AxisType.Explicit,) * len(shape))
+
+
+def partition_specs(params, strategy):
+  """Spec tree sharding each kernel as ``strategy`` picks, and the paths of kernels left replicated."""
+  mesh_shape, pickers = STRATEGIES[strategy]
   leaves, treedef = jax.tree_util.tree_flatten(params)
   specs, replicated = [P()] * len(leaves), []
   for item in plan_lib.plan_kernels(params)[0]:
     shape = leaves[item.index].shape
-    axis = pick_axis(shape, item.view)
-    if axis is None:
+    picked = {pick(shape, item.view, size): name for pick, size, name in zip(pickers, mesh_shape, "xy")}
+    picked.pop(None, None)
+    if not picked:
       replicated.append(item.path)
       continue
-    specs[item.index] = P(*("x" if a == axis else None for a in range(len(shape))))
+    specs[item.index] = P(*(picked.get(a) for a in range(len(shape))))
   return jax.tree_util.tree_unflatten(treedef, specs), replicated
 
 
@@ -152,9 +167,15 @@ def gram_side(mode, k):
   return km.contracting_side(k) if mode == "l2-full" else correction.side_of(mode, k)
 
 
-def formed_bytes(params, mode):
-  """Gram bytes, and the collectives they predict: Grams contracting over sharded axes are
-  all-reduced; kernels whose Gram units are sharded are all-gathered. ``params`` sharded, under the mesh."""
+def _shards(k, axes, mesh):
+  """Into how many pieces ``k``'s sharding cuts ``axes``."""
+  return math.prod(mesh.shape[k.spec[a]] for a in axes if k.spec[a] is not None)
+
+
+def formed_bytes(params, mode, mesh):
+  """Gram bytes, and the per-device collectives they predict: a Gram contracting over sharded axes is
+  all-reduced (each device its rows: the Gram over the shards of its units); a kernel whose Gram units are
+  sharded is all-gathered over them once (the kernel over the shards of its other axes). ``params`` sharded."""
   leaves = jax.tree_util.tree_leaves(params)
   totals = dict(gram=0, predicted_all_reduce=0, predicted_all_gather=0)
   for item in plan_lib.plan_kernels(params)[0]:
@@ -164,26 +185,38 @@ def formed_bytes(params, mode):
     units = math.prod(k.x.shape[a] for a in k.unit_axes(side))
     gram, kernel = 4 * batch * units * units, leaves[item.index].nbytes  # Grams are float32
     totals["gram"] += gram
-    totals["predicted_all_reduce"] += gram if k.is_sharded(k.contracted_axes(side)) else 0
-    totals["predicted_all_gather"] += kernel if k.is_sharded(k.unit_axes(side)) else 0
+    if k.is_sharded(k.contracted_axes(side)):
+      totals["predicted_all_reduce"] += gram // _shards(k, k.batch_axes + k.unit_axes(side), mesh)
+    if k.is_sharded(k.unit_axes(side)):
+      totals["predicted_all_gather"] += kernel // _shards(k, k.batch_axes + k.contracted_axes(side), mesh)
   return totals
 
 
-def measure(params, strategy):
-  """One row per optimizer: collective bytes by kind, plus formed bytes for the Bort rows."""
-  mesh = jax.make_mesh((DEVICES,), ("x",), axis_types=(AxisType.Explicit,))
-  specs, replicated = partition_specs(params, STRATEGIES[strategy])
+def _compiled(tx, params):
+  return jax.jit(lambda p, g: tx.update(g, tx.init(p), p)).lower(params, params).compile()
+
+
+def single_device_flops(params):
+  """FLOPs of each optimizer's update compiled for one device."""
+  return {name: _compiled(make(), params).cost_analysis()["flops"] for name, make in OPTIMIZERS.items()}
+
+
+def measure(params, strategy, single_flops):
+  """One row per optimizer: collective bytes by kind and FLOPs per device, plus formed bytes for the Bort rows."""
+  mesh = make_mesh(strategy)
+  specs, replicated = partition_specs(params, strategy)
   leaves = jax.tree_util.tree_leaves(params)
   kernel = sum(leaves[item.index].nbytes for item in plan_lib.plan_kernels(params)[0])
   rows = {}
   with jax.set_mesh(mesh):
     sharded = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
     for name, make in OPTIMIZERS.items():
-      tx = make()
-      step = jax.jit(lambda p, g: tx.update(g, tx.init(p), p))
-      rows[name] = dict(collective_bytes(step.lower(sharded, sharded).compile().as_text()), kernel=kernel)
-      rows[name].update(formed_bytes(sharded, MODES[name]) if name in MODES else {})
-  return {"replicated_kernels": replicated, "rows": rows}
+      compiled = _compiled(make(), sharded)
+      flops = compiled.cost_analysis()["flops"]
+      rows[name] = dict(collective_bytes(compiled.as_text()), kernel=kernel, flops=flops,
+                        flops_share=flops / single_flops[name])
+      rows[name].update(formed_bytes(sharded, MODES[name], mesh) if name in MODES else {})
+  return {"mesh": dict(mesh.shape), "replicated_kernels": replicated, "rows": rows}
 
 
 def _mb(n):
@@ -199,12 +232,12 @@ def _moved(row):
 
 
 def table(result):
-  lines = ["| optimizer | all-reduce MB | all-gather MB | other MB | Gram MB | kernel MB |",
-           "|---|---:|---:|---:|---:|---:|"]
+  lines = ["| optimizer | all-reduce MB | all-gather MB | other MB | Gram MB | kernel MB | GFLOP/device "
+           "| × 1 device |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for name, row in result["rows"].items():
     gram = _mb(row["gram"]) if "gram" in row else "–"
     lines.append(f"| {name} | {_mb(row['all-reduce'])} | {_mb(row['all-gather'])} | {_mb(_other(row))} | "
-                 f"{gram} | {_mb(row['kernel'])} |")
+                 f"{gram} | {_mb(row['kernel'])} | {row['flops'] / 1e9:.4g} | {row['flops_share']:.3f} |")
   return "\n".join(lines)
 
 
@@ -215,6 +248,7 @@ def _check(measured, predicted):
 def summary(result):
   """What the table shows, in words computed from its numbers."""
   rows = result["rows"]
+  devices = math.prod(result["mesh"].values())
   sentences = [f"optax.sgd moves {_mb(_moved(rows['optax.sgd']))} MB, so everything the Bort rows move is added by Bort."]
   for name in MODES:
     row = rows[name]
@@ -223,7 +257,8 @@ def summary(result):
         f"{_moved(row) / row['kernel']:.3g}× the kernel bytes: all-reduce {_mb(row['all-reduce'])} MB (the "
         f"Grams that contract over the sharded axis, {_check(row['all-reduce'], row['predicted_all_reduce'])}), "
         f"all-gather {_mb(row['all-gather'])} MB (the kernels whose Gram units are sharded, "
-        f"{_check(row['all-gather'], row['predicted_all_gather'])}).")
+        f"{_check(row['all-gather'], row['predicted_all_gather'])}); each device does "
+        f"{row['flops_share']:.3f} of the single-device FLOPs (1/{devices} = {1 / devices:.3f}).")
   l2, l1 = (_moved(rows[name]) for name in MODES)
   if l1:
     sentences.append(f"l2-full moves {l2 / l1:.2f}× the bytes of l1-fullrow.")
@@ -235,15 +270,17 @@ def report(results, command):
            f"`{command}`, jax {jax.__version__}, optax {optax.__version__}. Bytes are the per-device result "
            "buffers of each collective in the compiled HLO of one `tx.update` (tuple results summed; MB = 1e6 "
            "bytes); Gram MB: float32 Grams as formed (l2-full: the side `kernel_matrix.contracting_side` "
-           "picks; l1-fullrow: out × out); kernel MB: the constrained kernels. Biases and norm parameters "
-           f"are replicated. A ring all-reduce sends about 2·{DEVICES - 1}/{DEVICES} of its result per device, "
-           f"an all-gather {DEVICES - 1}/{DEVICES}."]
+           "picks; l1-fullrow: out × out); kernel MB: the constrained kernels. GFLOP/device: "
+           "`cost_analysis()[\"flops\"]` of the compiled per-device module; × 1 device: that over the same update "
+           "compiled for one device. Biases and norm parameters are replicated. A ring all-reduce over n devices "
+           "sends about 2·(n − 1)/n of its result per device, an all-gather (n − 1)/n."]
   for model, by_strategy in results.items():
     for strategy, result in by_strategy.items():
       replicated = result["replicated_kernels"]
-      note = (f"{len(replicated)} kernel(s) without an axis divisible by {DEVICES} stay replicated: "
+      note = (f"{len(replicated)} kernel(s) without an axis divisible by the mesh stay replicated: "
               + ", ".join(f"`{p}`" for p in replicated) + "." if replicated else "Every kernel is sharded.")
-      parts += ["", f"## {model}, {strategy}", "", note, "", table(result), "", summary(result)]
+      mesh = " × ".join(f"{name} of {size}" for name, size in result["mesh"].items())
+      parts += ["", f"## {model}, {strategy}", "", f"Mesh {mesh}. {note}", "", table(result), "", summary(result)]
   return "\n".join(parts) + "\n"
 
 
@@ -261,7 +298,8 @@ def main():
   results = {}
   for model, make_shapes in models.items():
     params = shapes_lib.init_params(make_shapes(), jax.random.PRNGKey(0))
-    results[model] = {strategy: measure(params, strategy) for strategy in STRATEGIES}
+    single_flops = single_device_flops(params)
+    results[model] = {strategy: measure(params, strategy, single_flops) for strategy in STRATEGIES}
     print(f"measured {model}", file=sys.stderr, flush=True)
   text = report(results, "python -m benchmarks.collective_bytes " + " ".join(sys.argv[1:]))
   if args.json:

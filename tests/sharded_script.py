@@ -3,7 +3,8 @@
 Every transform, projection and diagnostic, on kernels sharded on the output axis (tensor parallel), on
 fan-in (FSDP), on both (2-D mesh), on attention heads and on the stacked-layer axis, under Explicit and Auto
 meshes, must equal the single-device result and (Explicit) keep each kernel's sharding. Prints one line per
-check and ``ALL_SHARDED_CHECKS_PASSED`` at the end; ``--hlo`` prints the collectives of the l2-full update.
+check and ``ALL_SHARDED_CHECKS_PASSED`` at the end; ``--hlo`` prints the collectives of the l2-full update;
+``--gather-once`` prints, for kernels whose Gram units are sharded, what one correction gathers and computes.
 """
 
 import re
@@ -16,6 +17,7 @@ import optax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import bort_jax as bj
+from bort_jax._src import correction, kernel_matrix as km
 
 STACK_RULE = [("stack/kernel", 1)]  # one leading stacked-layer axis
 
@@ -146,8 +148,44 @@ def l2_full_collectives(names):
   return collectives(hlo)
 
 
+# Kernels whose constrained Gram has sharded units: (shape, num_batch, mesh shape, spec). On ("x", "y") of 4 × 2
+# they are also sharded on the contracted side, so the Gram is both gathered for and all-reduced.
+GATHERED = {
+    "dense_2d": ((256, 128), 0, (4, 2), P("x", "y")),
+    "conv_2d": ((3, 3, 16, 32), 0, (4, 2), P(None, None, "x", "y")),
+    "tall_2d": ((32, 128), 0, (4, 2), P("x", "y")),  # col side: the fan-in units are gathered
+    "stack_2d": ((4, 64, 32), 1, (4, 2), P("x", None, "y")),
+    "conv_tp": ((3, 3, 16, 32), 0, (8,), P(None, None, None, "x")),
+}
+
+
+def gather_once(axis_type):
+  """Per kernel and full mode: the all-gathers of one jitted correction, its per-device FLOPs (the compiled
+  SPMD module's cost analysis) over the single-device FLOPs, its relative error and whether it keeps the spec."""
+  for name, (shape, num_batch, mesh_shape, spec) in GATHERED.items():
+    mesh = jax.make_mesh(mesh_shape, ("x", "y")[:len(mesh_shape)], axis_types=(axis_type,) * len(mesh_shape))
+    fan_in = int(np.prod(shape[num_batch:-1]))
+    w = jax.random.normal(jax.random.PRNGKey(0), shape) * (1.3 / np.sqrt(fan_in))
+    for mode in ("l2-full", "l1-fullrow"):
+      f = jax.jit(lambda x: correction.correction_of(km.KernelMatrix(x, num_batch, x.ndim - num_batch - 1), 1.0, mode))
+      single = f.lower(w).compile()
+      with jax.set_mesh(mesh):
+        sharded_w = jax.device_put(w, NamedSharding(mesh, spec))
+        compiled = f.lower(sharded_w).compile()
+        delta = compiled(sharded_w)
+      ratio = compiled.cost_analysis()["flops"] / single.cost_analysis()["flops"]
+      gathers = collectives(compiled.as_text()).get("all-gather", [])
+      result = dict(gathers=gathers, flops_ratio=ratio, error=relative_error(delta, single(w)),
+                    keeps_spec=same_spec(delta, sharded_w), devices=int(np.prod(mesh_shape)))
+      print("GATHER_ONCE", axis_type.name, name, mode, result)
+
+
 if __name__ == "__main__":
   assert jax.device_count() == 8, jax.devices()
+  if "--gather-once" in sys.argv:
+    for axis_type in (AxisType.Explicit, AxisType.Auto):
+      gather_once(axis_type)
+    sys.exit(0)
   if "--hlo" in sys.argv:
     print("NO_GATHER_COLLECTIVES", l2_full_collectives(NO_GATHER))
     print("CONV_TP_COLLECTIVES", l2_full_collectives(["conv_tp"]))

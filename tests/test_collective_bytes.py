@@ -63,12 +63,15 @@ def test_tiny_run_all_reduces_exactly_the_grams(tmp_path):
   # α = 1: no adaptive-α reductions, so the all-reduced bytes are the Grams' exactly.
   assert fsdp["all-gather"] == 0 and fsdp["all-reduce"] == fsdp["gram"] > 0
   assert fsdp["reduce-scatter"] == fsdp["all-to-all"] == fsdp["collective-permute"] == 0
-  for strategy in ("FSDP", "tensor parallel"):
-    rows = results[strategy]["rows"]
+  for strategy, result in results.items():
+    rows = result["rows"]
     assert all(rows["optax.sgd"][op] == 0 for op in cb.COLLECTIVES)
     for name in ("bort_sgd l2-full", "bort_sgd l1-fullrow"):
+      # All-reduced Gram rows, and each gathered kernel gathered once (on both mesh axes too).
       assert rows[name]["all-reduce"] == rows[name]["predicted_all_reduce"], (strategy, name)
       assert rows[name]["all-gather"] == rows[name]["predicted_all_gather"], (strategy, name)
+      # Each device forms its share of the Grams and of Δ, gathered kernels included, not the whole products.
+      assert rows[name]["flops_share"] <= 1.25 / cb.DEVICES, (strategy, name, rows[name]["flops_share"])
   tensor_parallel = results["tensor parallel"]["rows"]
   # l2-full all-reduces the square fc2's Gram instead of gathering it; l1-fullrow must gather every kernel.
   assert 0 < tensor_parallel["bort_sgd l2-full"]["all-gather"] < tensor_parallel["bort_sgd l1-fullrow"]["all-gather"]

@@ -133,6 +133,7 @@ def correction_of(k: km.KernelMatrix, alpha: Amplitude, mode: str, precision: km
     return (excess if spec.norm == "l2" else jnp.sign(excess)) * k.x.astype(jnp.float32)
   # l2-full is the same Δ from either Gram; use the one that avoids gathering a sharded kernel.
   gram_side = km.contracting_side(k) if spec.norm == "l2" else side
+  k = km.gather_units(k, gram_side)  # one all-gather (if any) for both products
   r = residual(k, a, gram_side, precision)
   return km.times(k, r if spec.norm == "l2" else jnp.sign(r), gram_side)
 

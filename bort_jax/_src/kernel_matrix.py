@@ -5,12 +5,14 @@ products are ``dot_general``/reductions over axis groups, never a reshape, becau
 with its neighbours is not expressible under an Explicit mesh (``(3, 3, 8@x, 16) -> (72, 16)`` is refused).
 
 Sharding. Under an Explicit mesh the input's ``PartitionSpec`` is read from its type and every product names
-its output sharding: a Gram is replicated over its unit axes (it is small: units × units), keeping the batch
-axes' sharding; a product with a Gram keeps the kernel's sharding. A Gram that contracts over the sharded axes
-is then a local partial Gram plus one all-reduce; only a Gram whose *unit* axes are sharded needs the kernel
-gathered over those axes (XLA inserts the all-gather); :func:`contracting_side` picks the side that moves
-fewer bytes where the mode leaves the choice. Under Auto meshes or without a mesh the partitioner decides.
-Measured on 8 fake CPU devices: ``benchmarks/collective_bytes.py``.
+its output sharding: a Gram's rows are sharded like the kernel's unit axes and its columns are whole, keeping
+the batch axes' sharding; a product with a Gram keeps the kernel's sharding. A Gram that contracts over the
+sharded axes is then a local partial Gram plus one all-reduce. A Gram whose *unit* axes are sharded needs the
+kernel whole over those axes: :func:`gather_units` gathers it once, and from that copy each device forms only
+its rows of the Gram and its slice of ``W·(Gram − αI)`` (1/n of the FLOPs, not the whole product on every
+device). :func:`contracting_side` picks the side that moves fewer bytes where the mode leaves the choice.
+Under Auto meshes or without a mesh the partitioner decides. Measured on 8 fake CPU devices:
+``benchmarks/collective_bytes.py``.
 
 Precision. TPUs run float32 matmuls with bfloat16 inputs at default precision, recent GPUs with TF32. Near the
 constraint ``WᵀW − αI`` is a small difference of large numbers, so the Gram is computed at ``precision``
@@ -61,11 +63,14 @@ class KernelMatrix:
     x: the transposed kernel.
     num_batch: number of leading batch (stacked-layer) axes.
     num_in: number of fan-in axes after them; the rest are output axes.
+    sharded_as: the kernel's ``PartitionSpec`` entries when ``x`` is a copy gathered by :func:`gather_units`
+      (Grams and products are then sharded as the kernel was), else ``None``: read from ``x``.
   """
 
   x: jax.Array
   num_batch: int
   num_in: int
+  sharded_as: Optional[Tuple] = None
 
   @classmethod
   def from_matrix(cls, m: jax.Array) -> "KernelMatrix":
@@ -99,7 +104,7 @@ class KernelMatrix:
 
   @property
   def spec(self) -> Optional[Tuple]:
-    return explicit_spec(self.x)
+    return self.sharded_as if self.sharded_as is not None else explicit_spec(self.x)
 
   def unit_axes(self, side: str) -> Tuple[int, ...]:
     """Axes indexing the units of ``side``: output units (``"row"``) or fan-in coordinates (``"col"``)."""
@@ -113,7 +118,8 @@ class KernelMatrix:
     return spec is not None and any(spec[a] is not None for a in axes)
 
   def with_x(self, x: jax.Array) -> "KernelMatrix":
-    return dataclasses.replace(self, x=x)
+    """The same view of another kernel ``x``, sharded as ``x`` is."""
+    return dataclasses.replace(self, x=x, sharded_as=None)
 
 
 def contracting_side(k: KernelMatrix) -> str:
@@ -140,22 +146,37 @@ def unit_sq_norms(k: KernelMatrix, side: str, keepdims: bool = False) -> jax.Arr
   return jnp.sum(jnp.square(k.x.astype(jnp.float32)), axis=k.contracted_axes(side), keepdims=keepdims)
 
 
+def _units_whole(k: KernelMatrix, side: str) -> jax.Array:
+  """``k.x`` in float32, gathered over the unit axes of ``side`` when they are sharded (else as it is)."""
+  x = k.x.astype(jnp.float32)
+  if not k.is_sharded(k.unit_axes(side)):
+    return x
+  units = set(k.unit_axes(side))
+  whole = tuple(None if a in units else s for a, s in enumerate(k.spec))
+  return x if explicit_spec(x) == whole else jax.sharding.reshard(x, jax.sharding.PartitionSpec(*whole))
+
+
+def gather_units(k: KernelMatrix, side: str) -> KernelMatrix:
+  """``k`` with its unit axes of ``side`` whole on every device (one all-gather) for :func:`gram` and
+  :func:`times` to share; their results keep ``k``'s sharding. Without it each reshards ``k`` itself and the
+  single gather rests on XLA merging the two (it does on jax 0.10.2's CPU backend)."""
+  if not k.is_sharded(k.unit_axes(side)):
+    return k
+  return dataclasses.replace(k, x=_units_whole(k, side), sharded_as=k.spec)
+
+
 def _gram_sharding(k: KernelMatrix, side: str):
+  """Rows sharded like the kernel's unit axes (each device forms its own rows), columns whole."""
   spec = k.spec
   if spec is None:
     return None
-  units = len(k.unit_axes(side))
-  return jax.sharding.PartitionSpec(*(spec[a] for a in k.batch_axes), *(None,) * (2 * units))
+  return jax.sharding.PartitionSpec(*(spec[a] for a in k.batch_axes + k.unit_axes(side)),
+                                    *(None,) * len(k.unit_axes(side)))
 
 
 def gram(k: KernelMatrix, side: str, precision: Precision = "highest") -> jax.Array:
   """WWᵀ (``side="row"``: output units) or WᵀW (``"col"``), float32, shape ``(*batch, *units, *units)``."""
-  x = k.x.astype(jnp.float32)
-  spec = k.spec
-  if k.is_sharded(k.unit_axes(side)):
-    # Both operands need the unit axes whole: gather them once (XLA would gather each operand separately).
-    units = set(k.unit_axes(side))
-    x = jax.sharding.reshard(x, jax.sharding.PartitionSpec(*(None if a in units else s for a, s in enumerate(spec))))
+  x = _units_whole(k, side)  # once for both operands (XLA would gather each operand separately)
   contract = k.contracted_axes(side)
   dims = ((contract, contract), (k.batch_axes, k.batch_axes))
   return jax.lax.dot_general(x, x, dims, precision=check_precision(precision),
@@ -176,20 +197,20 @@ def expand(batch_values: jax.Array, num_axes: int) -> jax.Array:
 def times(k: KernelMatrix, r: jax.Array, side: str, precision: Precision = None) -> jax.Array:
   """``W·r`` for a row-side ``r`` (out × out), ``r·W`` for a col-side one, with ``x``'s axes and sharding.
 
-  In the Flax orientation ``x = Wᵀ``: row side is ``x·r`` (contract ``x``'s out axes), col side ``r·x``.
+  ``r`` must be symmetric (a Gram − αI, its sign, I − Gram): it is contracted over its columns. In the Flax
+  orientation ``x = Wᵀ``: row side is ``x·rᵀ`` (contract ``x``'s out axes), col side ``r·x``. The result's
+  units are ``r``'s rows, which :func:`gram` shards like the kernel's units: with the unit axes whole
+  (:func:`gather_units`), each device multiplies by its own rows and forms its own slice, nothing gathered.
   """
-  x = k.x.astype(jnp.float32)
-  units = len(k.unit_axes(side))
-  nb = k.num_batch
-  r_first = tuple(range(nb, nb + units))
-  r_second = tuple(range(nb + units, nb + 2 * units))
-  spec = k.spec
-  out_sharding = None if spec is None else jax.sharding.PartitionSpec(*spec)
+  x = _units_whole(k, side)
+  nb, units = k.num_batch, len(k.unit_axes(side))
+  r_columns = tuple(range(nb + units, nb + 2 * units))
+  out_sharding = None if k.spec is None else jax.sharding.PartitionSpec(*k.spec)
   batch = (k.batch_axes, k.batch_axes)
   if side == "row":
-    dims = ((k.out_axes, r_first), batch)
+    dims = ((k.out_axes, r_columns), batch)
     return jax.lax.dot_general(x, r, dims, precision=check_precision(precision),
                                preferred_element_type=jnp.float32, out_sharding=out_sharding)
-  dims = ((r_second, k.in_axes), batch)
+  dims = ((r_columns, k.in_axes), batch)
   return jax.lax.dot_general(r, x, dims, precision=check_precision(precision),
                              preferred_element_type=jnp.float32, out_sharding=out_sharding)
