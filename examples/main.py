@@ -36,7 +36,7 @@ def main(argv):
   state, results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
                                             data_dir=_DATA_DIR.value)
   if results["status"] == "diverged":
-    print(f"{results['diverged']['message']} Results in {_WORKDIR.value}/results.json")
+    print(f"results in {_WORKDIR.value}/results.json")  # train_and_evaluate printed why it stopped
     return 1
   if results["completed"]:
     print(f"test accuracy {results['test_accuracy']:.4f}, mean off-diagonal orthogonality gap "

@@ -32,7 +32,7 @@ twice-differentiable penalty: no curvature, no bound (``ValueError``).
 extra zero eigenvalues belong to directions that Δ never moves), so a sharded kernel is never gathered.
 
 Measured (zero gradients, bisection on γ over wide, square, tall and conv kernels; ``tests/test_stability.py``):
-the divergence threshold is 1.4–1.9× γ* with heavy-ball μ = 0.9, 2.1–2.9× with Nesterov μ = 0.9 and 3.3–5×
+the divergence threshold is 1.4–1.9× γ* with heavy-ball μ = 0.9, 2.1–2.9× with Nesterov μ = 0.9 and 2.9–5×
 without momentum and for BortA (the linearisation's 3σ² − α against the σ² − α of one actual step). A scalar
 model of the same iteration puts the threshold at ≥ 1.1× γ* for every μ ≤ 0.99; heavy ball at μ = 0.999 can
 diverge 3% below γ*.
