@@ -31,6 +31,8 @@ from bort_jax._src.plan import describe
 from bort_jax._src.projection import orthogonalize
 from bort_jax._src.projection import polar_newton_schulz
 from bort_jax._src.projection import project_row_norms
+from bort_jax._src.stability import GammaBound
+from bort_jax._src.stability import stable_gamma
 from bort_jax._src.transform import BortCorrectionState
 from bort_jax._src.transform import add_bort_correction
 from bort_jax._src.views import KernelView
@@ -42,6 +44,7 @@ __version__ = importlib.metadata.version("bort_jax")
 
 __all__ = (
     "BortCorrectionState",
+    "GammaBound",
     "GapStats",
     "KernelView",
     "LayerIO",
@@ -69,6 +72,7 @@ __all__ = (
     "orthogonalize",
     "polar_newton_schulz",
     "project_row_norms",
+    "stable_gamma",
     "to_matrix",
     "torch_momentum",
 )

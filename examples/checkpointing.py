@@ -52,9 +52,13 @@ class Checkpointer:
       return
     self._manager.save(step, args=ocp.args.StandardSave(_to_storable(state)))
 
+  def is_due(self, step: int) -> bool:
+    """Whether `maybe_save(step, ...)` saves: `step` is a positive multiple of `every_steps`."""
+    return bool(self.every_steps) and step % self.every_steps == 0
+
   def maybe_save(self, step: int, state):
-    """Saves when `step` is a positive multiple of `every_steps`."""
-    if self.every_steps and step % self.every_steps == 0:
+    """Saves when `is_due(step)`."""
+    if self.is_due(step):
       self.save(step, state)
 
   def restore_latest(self, template):

@@ -7,6 +7,7 @@
 config file. Set BORT_MULTIHOST=1 (or --config.multi_host=True) on every host of a TPU pod.
 
 A finished run of an MLP or LeNet-5 also writes `explain.png` beside `curves.png` (`examples.explain_figure`).
+A run that diverges (a non-finite loss or parameter) stops with a message, draws nothing and exits with status 1.
 """
 
 from absl import app
@@ -34,6 +35,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   state, results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
                                             data_dir=_DATA_DIR.value)
+  if results["status"] == "diverged":
+    print(f"results in {_WORKDIR.value}/results.json")  # train_and_evaluate printed why it stopped
+    return 1
   if results["completed"]:
     print(f"test accuracy {results['test_accuracy']:.4f}, mean off-diagonal orthogonality gap "
           f"{results['mean_offdiag_gap']:.4f}; results in {_WORKDIR.value}/results.json")

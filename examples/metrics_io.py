@@ -6,6 +6,7 @@ One JSONL record per finished epoch: {"epoch", "step", "train_loss", "train_accu
 """
 
 import json
+import math
 import os
 
 import matplotlib
@@ -14,11 +15,23 @@ matplotlib.use("Agg")  # headless: files only, never a window.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
 
+def finite_json(obj):
+  """`obj` with every NaN or infinity replaced by None: JSON has no such numbers (`json.dump` would write
+  the invalid literals NaN and Infinity)."""
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  if isinstance(obj, dict):
+    return {k: finite_json(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [finite_json(v) for v in obj]
+  return obj
+
+
 def write_json(path: str, obj):
-  """Writes `obj` atomically (temporary file + rename) so readers never see half a file."""
+  """Writes `obj` atomically (temporary file + rename) so readers never see half a file; non-finite -> null."""
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
+    json.dump(finite_json(obj), f, indent=2, sort_keys=True, allow_nan=False)
   os.replace(tmp, path)
 
 
@@ -44,22 +57,23 @@ class MetricsLog:
 
   def append(self, record: dict):
     with open(self.path, "a") as f:
-      f.write(json.dumps(record, sort_keys=True) + "\n")
+      f.write(json.dumps(finite_json(record), sort_keys=True, allow_nan=False) + "\n")
 
 
 def plot_curves(records: list[dict], path: str, title: str = "", gap_statistic: str = "offdiag"):
   """Saves loss, accuracy and per-layer orthogonality gap against epoch as one PNG."""
   epochs = [r["epoch"] for r in records]
+  num = lambda v: float("nan") if v is None else v  # a non-finite value is logged as null
   fig, axes = plt.subplots(1, 3, figsize=(15, 4))
   for split in ("train", "test"):
-    axes[0].plot(epochs, [r[f"{split}_loss"] for r in records], marker="o", label=split)
-    axes[1].plot(epochs, [100 * r[f"{split}_accuracy"] for r in records], marker="o", label=split)
+    axes[0].plot(epochs, [num(r[f"{split}_loss"]) for r in records], marker="o", label=split)
+    axes[1].plot(epochs, [100 * num(r[f"{split}_accuracy"]) for r in records], marker="o", label=split)
   axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="loss")
   axes[1].set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
   layers = sorted(records[-1].get("orthogonality_gap", {})) if records else []
   gap_values = []
   for layer in layers:
-    values = [r["orthogonality_gap"].get(layer, {}).get(gap_statistic, float("nan")) for r in records]
+    values = [num(r["orthogonality_gap"].get(layer, {}).get(gap_statistic)) for r in records]
     axes[2].plot(epochs, values, marker=".", label=layer)
     gap_values += values
   axes[2].set(xlabel="epoch", ylabel=gap_statistic, title="orthogonality gap per layer")

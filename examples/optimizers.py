@@ -10,6 +10,7 @@ gamma * Delta(M) to every constrained kernel (Zhang et al., "Bort", ICLR 2023).
 
 from collections.abc import Callable
 from typing import NamedTuple
+import warnings
 
 import ml_collections
 import optax
@@ -87,3 +88,21 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, vi
                      f"{', '.join(repr(name) for name in OPTIMIZERS)}.")
   lr = learning_rate_schedule(config, steps_per_epoch)
   return OPTIMIZERS[config.optimizer].build(config, lr, views), lr
+
+
+def check_gamma(config: ml_collections.ConfigDict, params, views=None) -> float | None:
+  """`bort_jax.stable_gamma` of the configured Bort optimizer at the peak learning rate; warns when
+  `config.gamma` exceeds it. None for the baselines and the l1 modes (which have no such bound)."""
+  if not OPTIMIZERS[config.optimizer].bort or not config.bort_mode.startswith("l2"):
+    return None
+  adamw = config.optimizer == "bort_adamw"
+  bound = bort_jax.stable_gamma(
+      params, config.learning_rate, momentum=0.0 if adamw else config.momentum,
+      nesterov=not adamw and config.nesterov, optimizer="adamw" if adamw else "sgd", mode=config.bort_mode,
+      alpha=_alpha(config), rules=bort_rules(config), views=views).gamma
+  if config.gamma > bound:
+    warnings.warn(f"config.gamma={config.gamma} exceeds bort_jax.stable_gamma's bound {bound:.4g} for "
+                  f"learning_rate={config.learning_rate} ({config.optimizer}, momentum={config.momentum}, "
+                  f"nesterov={config.nesterov}) at the initial weights: the correction is expected to diverge.",
+                  UserWarning, stacklevel=2)
+  return bound

@@ -38,6 +38,8 @@ class TrainState(NamedTuple):
   model_state: dict  # the model's other variables: BatchNorm statistics, RNG streams.
   opt_state: optax.OptState
   epoch_metrics: dict  # sums over the current epoch's steps so far: loss, correct, count.
+  divergence: jax.Array  # int32 (2,): first step whose loss or parameters were not finite (0: none) and the
+  # index of its first non-finite parameter leaf (-1: only the loss); see `keep_finite`.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +80,8 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation
   params, model_state = nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
   sums = {"loss": jnp.zeros((), jnp.float32), "correct": jnp.zeros((), jnp.int32),
           "count": jnp.zeros((), jnp.int32)}
-  state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), sums)
+  state = TrainState(jnp.zeros((), jnp.int32), params, model_state, tx.init(params), sums,
+                     jnp.zeros((2,), jnp.int32))
   return state, ModelGraphs(train_graph, eval_graph)
 
 
@@ -106,6 +109,20 @@ def forward(model: nnx.Module, images: jax.Array, config: ml_collections.ConfigD
   if config.dbort_lambda > 0:
     return nnx.capture(model, nnx.Intermediate)(images)
   return model(images), None
+
+
+def keep_finite(old: TrainState, new: TrainState, loss: jax.Array) -> TrainState:
+  """`new`, or `old` with the step recorded in `divergence` once the loss or a parameter is not finite.
+
+  The check stays on device (no host sync per step); the loop reads `divergence` where it syncs anyway. After
+  the first non-finite step every step returns the last finite state, so nothing NaN is saved or returned.
+  """
+  leaf_finite = jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(new.params)])
+  fresh = old.divergence[0] == 0
+  ok = fresh & jnp.isfinite(loss) & jnp.all(leaf_finite)
+  first_leaf = jnp.where(jnp.all(leaf_finite), -1, jnp.argmin(leaf_finite)).astype(jnp.int32)
+  record = jnp.where(fresh, jnp.stack([old.step + 1, first_leaf]), old.divergence)
+  return jax.lax.cond(ok, lambda: new, lambda: old._replace(divergence=record))
 
 
 def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
@@ -142,8 +159,8 @@ def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
     fresh = state.step % steps_per_epoch == 0
     sums = jax.tree.map(lambda s, m: jnp.where(fresh, jnp.zeros_like(s), s) + m,
                         state.epoch_metrics, metrics)
-    new_state = TrainState(state.step + 1, params, model_state, opt_state, sums)
-    return new_state, dict(metrics, total_loss=loss * size)
+    new_state = TrainState(state.step + 1, params, model_state, opt_state, sums, state.divergence)
+    return keep_finite(state, new_state, loss), dict(metrics, total_loss=loss * size)
 
   return jax.jit(train_step, donate_argnums=0)
 
@@ -210,6 +227,23 @@ def _measure(state: TrainState, eval_step, gap_fn, images, labels, config: ml_co
           "test_accuracy": test["accuracy"], "orthogonality_gap": gap_metrics(gaps)}, gaps
 
 
+def divergence_report(state: TrainState, config: ml_collections.ConfigDict, bound: float | None) -> dict | None:
+  """None, or where `state` diverged (`keep_finite`), with the γ used and its `bort_jax.stable_gamma` bound."""
+  step, leaf = (int(v) for v in jax.device_get(state.divergence))
+  if not step:
+    return None
+  paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+           for path, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
+  layer = "loss" if leaf < 0 else paths[leaf]
+  gamma = config.gamma if optimizers.OPTIMIZERS[config.optimizer].bort else None
+  message = (f"diverged at step {step}: {'the loss' if leaf < 0 else 'parameter ' + layer} is not finite "
+             f"(gamma={gamma}, stable_gamma bound {'n/a' if bound is None else f'{bound:.4g}'} at "
+             f"learning_rate={config.learning_rate}). Stopped; the last checkpoint is the last finite state "
+             f"(step {step - 1}).")
+  return {"step": step, "layer": layer, "gamma": gamma, "stable_gamma": bound,
+          "learning_rate": config.learning_rate, "message": message}
+
+
 def is_chief_process() -> bool:
   """Whether this process writes the run's files (process 0 of a multi-host run); all of them train."""
   return jax.process_index() == 0
@@ -250,7 +284,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   also at the end). With `resume`, continues from the newest checkpoint exactly as if the run had
   never stopped. `config.stop_after_steps` ends the run like a kill would: without saving, so the
   steps since the last checkpoint are lost and redone on resume (results have "completed": False and
-  results.json is not written).
+  results.json is not written). A run whose loss or parameters stop being finite stops at the next sync
+  point (every 20 steps, checkpoint, epoch end), saves its last finite state and reports "status":
+  "diverged" with the step, the first non-finite layer, γ and its stable bound (`divergence_report`).
   """
   validate(config)
   sharding.maybe_initialize_distributed(config.multi_host)
@@ -272,6 +308,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   views = bort_jax.nnx_views(model)  # exact kernel views from the module types, no guessing
   tx, lr_schedule = optimizers.create_optimizer(config, steps_per_epoch, views=views)
   state, graphs = create_train_state(model, tx)
+  bound = optimizers.check_gamma(config, state.params, views)  # warns before step 1 when γ exceeds it
   if is_chief and optimizers.OPTIMIZERS[config.optimizer].bort:
     print(bort_jax.describe(state.params, mode=config.bort_mode, rules=optimizers.bort_rules(config), views=views))
   state = sharding.replicate(state, mesh)
@@ -291,6 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     metrics_io.write_json(os.path.join(workdir, "config.json"), config.to_dict())
 
   completed = True
+  diverged = None
   record = None  # the last finished epoch's metrics-log record
   for epoch in range(step // steps_per_epoch, config.num_epochs):
     start = time.time()
@@ -302,6 +340,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       batch = {"image": batch["image"], "label": batch["label"]}
       state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
       step += 1
+      if step % 20 == 0 or checkpointer.is_due(step):  # points where the loop syncs with the device anyway
+        diverged = divergence_report(state, config, bound)
+        if diverged:
+          break
       checkpointer.maybe_save(step, state)
       if step % 20 == 0:
         bar.set_postfix(loss=f"{float(metrics['loss'] / metrics['count']):.4f}")
@@ -309,7 +351,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
         completed = False
         break
     bar.close()
-    if not completed:
+    diverged = diverged or divergence_report(state, config, bound)
+    if not completed or diverged:
       break
     measured, gaps = _measure(state, eval_step, gap_fn, test_images, test_labels, config, mesh)
     record = {"epoch": epoch + 1, "step": step, "learning_rate": float(lr_schedule(step - 1)), **measured,
@@ -323,11 +366,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
             f"{bort_jax.gap_summary(gaps)}", flush=True)
     # After the record: a crash in between resumes from an older step and rewrites the record.
     checkpointer.save(step, state)
+  if diverged:
+    completed, step = False, int(state.step)
+    checkpointer.save(step, state._replace(divergence=jnp.zeros_like(state.divergence)))
+    if is_chief:
+      print(diverged["message"], flush=True)
   checkpointer.close()  # the last epoch's checkpoint is the final one; a stopped run saves nothing more.
 
   results = {"completed": completed, "step": step, "epochs": config.num_epochs, "model": config.model,
              "dataset": config.dataset, "optimizer": config.optimizer, "seed": config.seed,
-             "eval_split": config.eval_split}  # "test_*" below are on this split ("holdout": validation).
+             "eval_split": config.eval_split,  # "test_*" below are on this split ("holdout": validation).
+             "status": "diverged" if diverged else "completed" if completed else "stopped"}
+  if diverged:
+    results["diverged"] = diverged
   if completed:
     # From memory, not from the log: only process 0 writes the log. A resumed run that had already
     # finished trained no epoch here, so it measures its restored final state.
@@ -335,6 +386,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     results.update({k: final[k] for k in ("train_loss", "train_accuracy", "test_loss",
                                           "test_accuracy", "orthogonality_gap")})
     results["mean_offdiag_gap"] = mean_gap(final["orthogonality_gap"])
-  if completed and is_chief:
+  if (completed or diverged) and is_chief:
     metrics_io.write_json(os.path.join(workdir, "results.json"), results)
   return state, results

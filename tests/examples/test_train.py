@@ -119,7 +119,7 @@ def test_checkpointer_round_trips_typed_keys_and_optimizer_state(tmp_path):
   params = {"layers": {0: {"kernel": jnp.arange(6.0).reshape(2, 3)}}}
   tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
   state = train.TrainState(jnp.asarray(7, jnp.int32), params, {"rng": jax.random.key(3)},
-                           tx.init(params), {"count": jnp.asarray(3, jnp.int32)})
+                           tx.init(params), {"count": jnp.asarray(3, jnp.int32)}, jnp.zeros(2, jnp.int32))
   ckpt = checkpointing.Checkpointer(str(tmp_path), every_steps=7, keep=1)
   ckpt.maybe_save(6, state)
   assert ckpt.latest_step() is None
