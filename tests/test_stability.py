@@ -105,3 +105,12 @@ def test_bound_separates_converging_from_diverging_runs(shape, mode):
     case = f"{optimizer} {kwargs} γ*={bound:.3g}"
     assert np.all(np.isfinite(stable)) and _residual(stable, mode) < 1e-3, case
     assert not np.all(np.isfinite(unstable)) or np.max(np.abs(unstable)) > 1e3, case
+
+
+def test_describe_shows_each_kernels_stable_gamma_when_given_the_learning_rate():
+  params = {"fc": {"kernel": 2.0 * jnp.eye(4), "bias": jnp.zeros(4)}}
+  rows = {r[0]: r for r in bj.describe(params, learning_rate=0.1)}
+  assert rows["fc/kernel"][-1] == f"{2 / (0.1 * 11):.4g}" and rows["fc/bias"][-1] == ""
+  assert "stable γ ≤" in str(bj.describe(params, learning_rate=0.1))
+  assert bj.describe(params, mode="l1-fullrow", learning_rate=0.1)[1][-1] == "n/a (l1 mode)"
+  assert len(bj.describe(params)[0]) == 7  # no learning rate, no column

@@ -159,11 +159,15 @@ def plan_kernels(params, mask=None, rules=None, layout="flax", views=None) -> Tu
   return plan, treedef
 
 
+HEADER = ("path", "shape", "matrix (batch × fan_in × out)", "side", "γ scale", "status", "view from")
+STABLE_GAMMA_COLUMN = "stable γ ≤"
+
+
 class Description(tuple):
   """Rows of :func:`describe`; ``str()`` is a fixed-width table."""
 
   def __str__(self) -> str:
-    header = ("path", "shape", "matrix (batch × fan_in × out)", "side", "γ scale", "status", "view from")
+    header = HEADER + ((STABLE_GAMMA_COLUMN,) if self and len(self[0]) > len(HEADER) else ())
     rows = [header] + [tuple(str(c) for c in row) for row in self]
     widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
@@ -179,12 +183,16 @@ def _side(view: views_lib.KernelView, shape, mode: str) -> str:
                  if side == "row" and tall else "")
 
 
-def describe(params, *, mode: str = "l2-full", mask=None, rules=None, layout: str = "flax", views=None) -> Description:
+def describe(params, *, mode: str = "l2-full", mask=None, rules=None, layout: str = "flax", views=None,
+             learning_rate: Optional[float] = None, momentum: float = 0.0, nesterov: bool = False,
+             optimizer: str = "sgd", alpha=1.0) -> Description:
   """One row per leaf: path, shape, matrix view, constrained side, γ scale, why a leaf is left out, and where its
   view came from (a ``views=`` rule, axis names, the layer kind, or a guess).
 
   Takes the same selection arguments as :func:`bort_jax.add_bort_correction`. A guessed view says so in the
-  status column. ``print(bort_jax.describe(params))`` shows the table.
+  status column. Given ``learning_rate`` (and ``momentum``, ``nesterov``, ``optimizer``, ``alpha`` as in
+  :func:`bort_jax.stable_gamma`), a last column gives each kernel's largest stable γ (l2 modes).
+  ``print(bort_jax.describe(params))`` shows the table.
 
   Example:
     >>> import jax.numpy as jnp, bort_jax as bj
@@ -194,12 +202,26 @@ def describe(params, *, mode: str = "l2-full", mask=None, rules=None, layout: st
   """
   correction.check_mode(mode)
   infos, _ = leaf_infos(params, mask, rules, layout, views)
+  bounds = None
+  if learning_rate is not None:
+    if correction.MODE_SPECS[mode].norm == "l2":
+      from bort_jax._src import stability  # imported here: stability builds on this module's plan
+
+      bounds = stability.stable_gamma(params, learning_rate, momentum=momentum, nesterov=nesterov,
+                                      optimizer=optimizer, mode=mode, alpha=alpha, mask=mask, rules=rules,
+                                      layout=layout, views=views).per_kernel
+    else:
+      bounds = {}  # an l1 correction is a sign: no curvature to bound
   rows = []
   for info in infos:
     if info.view is None:
-      rows.append((info.path, info.shape, "", "", "", info.status, ""))
-      continue
-    matrix = " × ".join(str(d) for d in info.view.matrix_shape(info.shape))
-    status = info.status + (f"; view guessed: {info.guessed}" if info.guessed else "")
-    rows.append((info.path, info.shape, matrix, _side(info.view, info.shape, mode), info.scale, status, info.source))
+      row = (info.path, info.shape, "", "", "", info.status, "")
+    else:
+      matrix = " × ".join(str(d) for d in info.view.matrix_shape(info.shape))
+      status = info.status + (f"; view guessed: {info.guessed}" if info.guessed else "")
+      row = (info.path, info.shape, matrix, _side(info.view, info.shape, mode), info.scale, status, info.source)
+    if bounds is not None:
+      bound = bounds.get(info.path)
+      row += ("" if info.view is None else "n/a (l1 mode)" if bound is None else f"{bound:.4g}",)
+    rows.append(row)
   return Description(rows)
