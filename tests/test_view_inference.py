@@ -4,14 +4,14 @@ kinds, the views= shorthand, and the errors a user gets for trees that do not fi
 import inspect
 import warnings
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
 import pytest
-from flax import nnx
-from jax.sharding import PartitionSpec as P
 
 import bort_jax as bj
 from bort_jax._src.view_inference import infer_view
@@ -171,3 +171,11 @@ def test_aliases_accept_every_option_of_add_bort_correction(alias):
   params = {"a": {"kernel": jnp.eye(3)}, "b": {"kernel": jnp.eye(3)}}
   tx.update(params, tx.init(params), params)
   assert isinstance(tx, optax.GradientTransformation)
+
+
+def test_attention_names_need_an_attention_parent_and_torch_fused_qkv_is_split():
+  assert infer_view(("MultiHeadDotProductAttention_0", "out", "kernel"), 3).certain
+  stacked_out = infer_view(("layers", "out", "kernel"), 3)  # an nnx.vmap-stacked Linear named `out`
+  assert not stacked_out.certain and "not named like attention" in stacked_out.reason
+  timm = infer_view(("blocks", "0", "attn", "qkv", "weight"), 2, layout="torch")  # nn.Linear(dim, 3·dim)
+  assert timm.certain and timm.view == bj.KernelView((2,), (1,), (0,), leading_split=3)

@@ -13,9 +13,15 @@ rank is ignored (flax accepts such lists).
 """
 
 import re
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
+from typing import Union
 
-from bort_jax._src.views import TORCH_QKV, KernelView, check_layout
+from bort_jax._src.views import TORCH_QKV
+from bort_jax._src.views import KernelView
+from bort_jax._src.views import check_layout
 
 # Logical axis names (flax ``with_logical_partitioning``, MaxText, flax lm1b) this module interprets.
 STACKED_AXIS_PATTERN = re.compile(r"(?i)(.*_)?(layers?|stack|stacked|scan|scanned|blocks?|repeats?|stages?)(_.*)?")
@@ -26,6 +32,8 @@ FEATURE_AXIS_NAMES = ("mlp", "heads", "q_heads", "kv_heads", "kv", "joined_kv", 
 ATTENTION_INPUT_PROJECTIONS = ("query", "key", "value")
 ATTENTION_OUTPUT_PROJECTION = "out"
 
+_ATTENTION_MODULE = re.compile(r"(?i).*(attention|attn|mha).*")  # Linen/NNX attention modules and their names
+TORCH_FUSED_QKV = ("qkv", "to_qkv", "qkv_proj")  # timm / vit-pytorch fused nn.Linear(dim, 3·dim)
 _CONV_LOCAL = re.compile(r"(?i).*conv_?local.*")
 _CONV_NAMED = re.compile(r"(?i).*conv.*")
 _LINEN_AUTO = {"dense": re.compile(r"Dense_\d+"), "conv": re.compile(r"Conv(Transpose)?_\d+"),
@@ -67,15 +75,19 @@ def stacked_positions(stacked: Stacked, ndim: int, path: str) -> Tuple[int, ...]
   return positions
 
 
-def _layer_kind(module: str) -> Tuple[Optional[str], int]:
-  """``(kind, rank of its own kernel or 0 for any)`` from a module name that says it for sure."""
+def _layer_kind(module: str, parent: str) -> Tuple[Optional[str], int]:
+  """``(kind, rank of its own kernel or 0 for any)`` from a module name that says it for sure.
+
+  ``query``/``key``/``value``/``out`` are attention projections only inside a module named like attention
+  (``MultiHeadDotProductAttention_0``, ``SelfAttention_0``, ``attn``): a stacked Linear named ``out`` is not one.
+  """
   if _LINEN_AUTO["dense"].fullmatch(module):
     return "Dense (Linen automatic name)", 2
   if _LINEN_AUTO["conv_local"].fullmatch(module) or _CONV_LOCAL.fullmatch(module):
     return "ConvLocal", 0
   if _LINEN_AUTO["conv"].fullmatch(module):
     return "Conv (Linen automatic name)", 0
-  if module in ATTENTION_INPUT_PROJECTIONS + (ATTENTION_OUTPUT_PROJECTION,):
+  if module in ATTENTION_INPUT_PROJECTIONS + (ATTENTION_OUTPUT_PROJECTION,) and _ATTENTION_MODULE.fullmatch(parent):
     return f"attention {module} projection", 3
   return None, 0
 
@@ -117,9 +129,10 @@ def infer_view(names: Sequence[str], ndim: int, layout: str = "flax", stacked: S
       source = f"{source}; {'; '.join(notes)}"
     return ViewGuess(KernelView(tuple(in_axes), tuple(out_axes), tuple(batch)), certain, reason, source)
 
-  if layout == "torch" and names and names[-1] == TORCH_QKV and ndim == 2:
+  if layout == "torch" and ndim == 2 and names and (names[-1] == TORCH_QKV or (
+      names[-1] == "weight" and module in TORCH_FUSED_QKV)):
     return ViewGuess(KernelView(in_axes=(2,), out_axes=(1,), batch_axes=(0,), leading_split=3), True, "",
-                     "torch in_proj_weight: q, k, v as three matrices")
+                     f"torch fused {names[-1] if names[-1] == TORCH_QKV else module}: q, k, v as three matrices")
   if stacked is not None:
     batch, batch_source = stacked_positions(stacked, ndim, path), "views= stacked axes"
   else:
@@ -139,7 +152,7 @@ def infer_view(names: Sequence[str], ndim: int, layout: str = "flax", stacked: S
     others = tuple(a for a in rest if a not in embed)
     in_axes, out_axes = (others, embed) if embed[-1] == rest[-1] and embed[0] != rest[0] else (embed, others)
     return guess(in_axes, out_axes, batch, True, source(f"axis names ({named})"))
-  kind, rank = _layer_kind(module)
+  kind, rank = _layer_kind(module, names[-3] if len(names) >= 3 else "")
   if kind is not None and rank and len(rest) > rank:
     extra = len(rest) - rank
     unnamed = tuple(a for a in rest if roles[a] is None)
@@ -155,6 +168,12 @@ def infer_view(names: Sequence[str], ndim: int, layout: str = "flax", stacked: S
   if kind is not None:
     in_axes, out_axes, more = _kind_view(kind, module, rest)
     return guess(in_axes, out_axes, batch + more, True, source(kind))
+  if module in ATTENTION_INPUT_PROJECTIONS + (ATTENTION_OUTPUT_PROJECTION,):  # len(rest) >= 3 here
+    in_axes, out_axes, _ = _kind_view("attention", module, rest[-3:])
+    parent = names[-3] if len(names) >= 3 else ""
+    reason = (f"{module!r} is named like an attention projection but its parent {parent!r} is not named like "
+              "attention; read as an attention projection, any leading axes as stacked layers")
+    return guess(in_axes, out_axes, batch + rest[:-3], False, source("guess: attention projection by name"), reason)
   if _CONV_NAMED.fullmatch(module):
     reason = (f"{module!r} is named like a convolution, but a locally connected layer (ConvLocal: one matrix per "
               "position) has the same rank; all but the last axis were flattened into fan-in as for nn.Conv")
