@@ -55,14 +55,6 @@ def setting_config(name: str):
 SETTINGS = ("lenet5_mnist", "resnet20_cifar10")
 
 
-def train_batches(config, images, labels):
-  """Endless training batches, built as the trainer builds them."""
-  loader = data_lib.TrainLoader(images, labels, config.batch_size, seed=config.seed,
-                                augment=None if config.augment == "none" else config.augment,
-                                image_size=config.image_size or None)
-  return loader.batches()
-
-
 def timed(fn, count: int) -> float:
   """Seconds per call of `fn` over `count` calls."""
   start = time.perf_counter()
@@ -74,13 +66,13 @@ def timed(fn, count: int) -> float:
 def measure(name: str, data_dir: str | None, batches: int, steps: int, repeats: int) -> dict:
   """Median pipeline and step images/s of one setting, sampled alternately `repeats` times."""
   config = setting_config(name)
-  (images, labels), _ = train.load_splits(config, data_dir)
-  stream = train_batches(config, images, labels)
+  records, _ = train.load_splits(config, data_dir)
+  stream = train.make_train_batches(config, records)
   next(stream)  # warm-up: start threads/workers, first reads
 
   mesh = sharding.make_mesh()
-  steps_per_epoch = len(labels) // config.batch_size
-  model = train.create_model(config, data_lib.num_classes(labels))
+  steps_per_epoch = data_lib.steps_per_epoch(len(records), config.batch_size, train=True)
+  model = train.create_model(config, data_lib.num_classes(config.dataset, data_dir))
   tx, _ = optimizers.create_optimizer(config, steps_per_epoch, views=bort_jax.nnx_views(model))
   state, graphs = train.create_train_state(model, tx)
   carry = [sharding.replicate(state, mesh)]
