@@ -118,7 +118,9 @@ def write_table(records: list[dict], path: pathlib.Path):
   lines = ["# Input pipeline vs train step on CPU (issue #18)", "",
            "`python -m benchmarks.input_pipeline` (see its docstring): images/s of the training batches alone "
            "and of the jitted Bort-SGD train step (batch 128, float32), medians of round-robin samples in one "
-           f"process. The pipeline must deliver >= {TARGET_RATIO:g}x the step's images/s.", "",
+           f"process. The pipeline must deliver >= {TARGET_RATIO:g}x the step's images/s. The 2 cores are shared "
+           "with other jobs (load average at the start of each setting below), so compare ratios, which are "
+           "measured alternately under the same load, rather than absolute rates across rows.", "",
            "| label | commit | setting | pipeline img/s | step img/s | pipeline / step | load avg | machine |",
            "|---|---|---|---:|---:|---:|---:|---|"]
   for r in records:
