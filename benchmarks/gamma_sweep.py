@@ -311,7 +311,7 @@ def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_di
   run_dir = workdir / setting.dirname
   start = time.time()
   state, results = train.train_and_evaluate(config, str(run_dir), resume=True, data_dir=data_dir)
-  _, (eval_images, eval_labels) = train.load_splits(config, data_dir)
+  eval_images, eval_labels = data_lib.as_arrays(train.load_splits(config, data_dir)[1])
   recon = reconstruction_metrics(config, state, eval_images)
   last = recon[FEATURE_LAYERS[setting.model][-1]]
   split = "val" if setting.split == HOLDOUT else "test"

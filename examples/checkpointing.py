@@ -1,4 +1,8 @@
-"""Orbax checkpoints of the whole train state, every N steps and at the end, for exact resumption.
+"""Orbax checkpoints of the whole train state and the data position, every N steps and at the end.
+
+A checkpoint holds the train state ("state") and, beside it, the grain iterator's state ("data", one small
+JSON file per process, `grain.checkpoint.CheckpointHandler`), so a resumed run reads the very batches an
+uninterrupted one would have read.
 
 Orbax writes each checkpoint to a temporary directory and renames it on commit, so a run killed
 mid-save leaves the previous checkpoint intact. Typed PRNG keys (e.g. dropout streams inside
@@ -7,6 +11,7 @@ mid-save leaves the previous checkpoint intact. Typed PRNG keys (e.g. dropout st
 
 import os
 
+import grain
 import jax
 import orbax.checkpoint as ocp
 
@@ -46,28 +51,37 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state):
-    """Saves `state` as checkpoint `step` (asynchronously; `close` waits for the write)."""
+  def save(self, step: int, state, data: grain.DatasetIterator | None = None):
+    """Saves `state` and the position of `data` as checkpoint `step` (the state asynchronously)."""
     if self._manager.latest_step() == step:
       return
-    self._manager.save(step, args=ocp.args.StandardSave(_to_storable(state)))
+    items = {"state": ocp.args.StandardSave(_to_storable(state))}
+    if data is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data)
+    self._manager.save(step, args=ocp.args.Composite(**items))
 
   def is_due(self, step: int) -> bool:
     """Whether `maybe_save(step, ...)` saves: `step` is a positive multiple of `every_steps`."""
     return bool(self.every_steps) and step % self.every_steps == 0
 
-  def maybe_save(self, step: int, state):
+  def maybe_save(self, step: int, state, data: grain.DatasetIterator | None = None):
     """Saves when `is_due(step)`."""
     if self.is_due(step):
-      self.save(step, state)
+      self.save(step, state, data)
 
-  def restore_latest(self, template):
-    """Returns the newest checkpoint laid out (structure, dtypes, shardings) like `template`, or None."""
+  def restore_latest(self, template, data: grain.DatasetIterator | None = None):
+    """Returns the newest checkpoint laid out (structure, dtypes, shardings) like `template`, or None.
+
+    `data`, if given, is moved to the saved position in place.
+    """
     step = self._manager.latest_step()
     if step is None:
       return None
-    restored = self._manager.restore(step, args=ocp.args.StandardRestore(_abstract(template)))
-    return _from_storable(restored, template)
+    items = {"state": ocp.args.StandardRestore(_abstract(template))}
+    if data is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data)
+    restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return _from_storable(restored["state"], template)
 
   def close(self):
     """Blocks until pending writes are committed."""

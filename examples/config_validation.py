@@ -85,8 +85,9 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
   _number(config, "num_epochs", positive, "an int > 0", integer=True)
   _number(config, "seed", non_negative, "an int >= 0", integer=True)
   _number(config, "image_size", non_negative, "an int >= 0 (0: the pipeline's default)", integer=True)
-  _number(config, "num_classes", non_negative, "an int >= 0 (0: from the labels)", integer=True)
+  _number(config, "num_classes", non_negative, "an int >= 0 (0: the dataset's)", integer=True)
   _number(config, "train_limit", non_negative, "an int >= 0 (0: the whole split)", integer=True)
+  _number(config, "data_workers", non_negative, "an int >= 0 (0: in the training process)", integer=True)
   _number(config, "checkpoint_every_steps", non_negative, "an int >= 0 (0: only at the end)",
           integer=True)
   _number(config, "keep_checkpoints", positive, "an int > 0", integer=True)

@@ -51,8 +51,9 @@ def write_explain_figure(config, workdir: str, state, data_dir: str | None) -> s
   multiple of x̂, its fitted PSNR in the title); backtracking saliency of the top 10% units of the last hidden
   layer, ranked by their contribution to the predicted class. Images are shown un-normalised.
   """
-  (_, train_labels), (test_images, test_labels) = train.load_splits(config, data_dir)
-  model = train.create_model(config, config.num_classes or data_lib.num_classes(train_labels))
+  test_images, test_labels = data_lib.as_arrays(train.load_splits(config, data_dir)[1])
+  model = train.create_model(
+      config, config.num_classes or data_lib.num_classes(config.dataset, data_dir or config.data_dir or None))
   depths = _depths(model)
   if depths is None:
     print(f"explain.png: not drawn for config.model={config.model!r} (MLP and LeNet-5 only)")

@@ -1,8 +1,9 @@
 """Data parallelism with `jax.sharding`: one mesh axis "data", batch sharded, state replicated.
 
 The same code runs on one CPU, on all local accelerators, and across hosts of a TPU pod (after
-`jax.distributed.initialize()`): every process feeds its slice of the global batch and XLA inserts the
-gradient all-reduce because parameters are replicated while the batch axis is sharded.
+`jax.distributed.initialize()`): every process feeds its slice of the global batch (the only rows it reads,
+`examples.data`) and XLA inserts the gradient all-reduce because parameters are replicated while the batch
+axis is sharded.
 """
 
 import os
@@ -52,17 +53,15 @@ def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
 
 
-def shard_batch(batch, mesh: Mesh):
-  """Turns a global host batch (identical on every process) into arrays sharded on axis "data".
+def shard_batch(local_batch, mesh: Mesh):
+  """Turns this process's rows of a global batch into global arrays sharded on axis "data".
 
-  Each process keeps only its own contiguous slice, so the same call works single- and multi-host.
+  Process p passes rows [p * B/P, (p + 1) * B/P) of the global batch of B rows (`examples.data` reads only
+  those), so the same call works single- and multi-host.
   """
   sharding = batch_sharded(mesh)
-  count, index = jax.process_count(), jax.process_index()
 
   def put(x):
     x = np.asarray(x)
-    local = x.shape[0] // count
-    return jax.make_array_from_process_local_data(sharding, x[index * local:(index + 1) * local],
-                                                  x.shape)
-  return jax.tree.map(put, batch)
+    return jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * jax.process_count(), *x.shape[1:]))
+  return jax.tree.map(put, local_batch)

@@ -4,11 +4,12 @@ The state is explicit and purely functional: NNX modules are split once into a s
 dicts of arrays (parameters, other model state such as BatchNorm statistics or dropout RNG streams), so
 a step is a plain `jax.jit` function that donates the old state, shards the batch on the mesh axis
 "data" and keeps the state replicated. Everything needed to continue a run bit-for-bit (state, step
-counter, data position = step) lives in that one pytree, checkpointed with Orbax.
+counter) lives in that one pytree, checkpointed with Orbax beside the grain data iterator's position.
 """
 
 import dataclasses
 import functools
+import itertools
 import os
 import time
 from typing import Any, NamedTuple
@@ -195,12 +196,11 @@ def mean_gap(gaps: dict[str, dict[str, float]], statistic: str = "offdiag") -> f
   return float(np.mean([g[statistic] for g in gaps.values()])) if gaps else float("nan")
 
 
-def evaluate(eval_step, state: TrainState, images, labels, config: ml_collections.ConfigDict,
+def evaluate(eval_step, state: TrainState, records, config: ml_collections.ConfigDict,
              mesh) -> dict[str, float]:
-  """Loss and accuracy over a whole split; the padded tail of the last batch is masked out."""
+  """Loss and accuracy over a whole split (grain records); the padded tail of the last batch is masked out."""
   totals = None
-  for batch in data_lib.eval_batches(images, labels, config.eval_batch_size,
-                                     image_size=config.image_size or None):
+  for batch in data_lib.eval_dataset(records, config.eval_batch_size, image_size=config.image_size or None):
     out = eval_step(state.params, state.model_state, sharding.shard_batch(batch, mesh))
     totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
   totals = jax.device_get(totals)
@@ -214,14 +214,14 @@ def _epoch_summary(sums: dict[str, jax.Array]) -> dict[str, float]:
           "accuracy": float(sums["correct"] / sums["count"])}
 
 
-def _measure(state: TrainState, eval_step, gap_fn, images, labels, config: ml_collections.ConfigDict, mesh):
+def _measure(state: TrainState, eval_step, gap_fn, records, config: ml_collections.ConfigDict, mesh):
   """End-of-epoch metrics of `state` as metrics-log fields, and the raw orthogonality gaps.
 
   "train_*" come from the epoch's running sums inside `state`, so a state restored after its last epoch
   gives the same numbers as the run that saved it.
   """
   train = _epoch_summary(state.epoch_metrics)
-  test = evaluate(eval_step, state, images, labels, config, mesh)
+  test = evaluate(eval_step, state, records, config, mesh)
   gaps = gap_fn(state.params)
   return {"train_loss": train["loss"], "train_accuracy": train["accuracy"], "test_loss": test["loss"],
           "test_accuracy": test["accuracy"], "orthogonality_gap": gap_metrics(gaps)}, gaps
@@ -250,26 +250,32 @@ def is_chief_process() -> bool:
 
 
 def load_splits(config: ml_collections.ConfigDict, data_dir: str | None = None):
-  """((train images, labels), (eval images, labels)) of `config`, as `train_and_evaluate` uses them.
+  """(training records, evaluation records) of `config` as grain MapDatasets, as `train_and_evaluate` uses them.
 
   `config.eval_split = "holdout"` evaluates on a validation split held out of the training split (the last
   10% of every class, `data.holdout_split`) and trains on the rest; `config.train_limit` then keeps the
   first N of the remaining training rows, so the held-out rows never enter training.
   """
   data_dir = data_dir or config.data_dir or None
-  train_images, train_labels = data_lib.load_arrays(config.dataset, "train", data_dir)
   if config.eval_split == data_lib.HOLDOUT_SPLIT:
-    if not isinstance(train_labels, np.ndarray):
+    if not data_lib.is_local(config.dataset, data_dir):
       raise ValueError(f"config.eval_split={config.eval_split!r} is not accepted for the lazy TFDS dataset "
                        f"{config.dataset!r}; accepted values: a split of that dataset (e.g. 'validation').")
-    train_rows, eval_rows = data_lib.holdout_split(train_labels)
-    test_images, test_labels = train_images[eval_rows], train_labels[eval_rows]
-    train_images, train_labels = train_images[train_rows], train_labels[train_rows]
+    train_records, eval_records = data_lib.load_holdout(config.dataset, data_dir)
   else:
-    test_images, test_labels = data_lib.load_arrays(config.dataset, config.eval_split, data_dir)
+    train_records = data_lib.load_dataset(config.dataset, "train", data_dir)
+    eval_records = data_lib.load_dataset(config.dataset, config.eval_split, data_dir)
   if config.train_limit:
-    train_images, train_labels = train_images[:config.train_limit], train_labels[:config.train_limit]
-  return (train_images, train_labels), (test_images, test_labels)
+    train_records = train_records[:config.train_limit]
+  return train_records, eval_records
+
+
+def make_train_batches(config: ml_collections.ConfigDict, records):
+  """This process's part of every global training batch, endless, as a checkpointable grain iterator."""
+  dataset = data_lib.train_dataset(records, config.batch_size, seed=config.seed,
+                                   augment=None if config.augment == "none" else config.augment,
+                                   image_size=config.image_size or None)
+  return data_lib.iterate(dataset, workers=config.data_workers)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
@@ -296,12 +302,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   is_chief = is_chief_process()
   os.makedirs(workdir, exist_ok=True)
 
-  (train_images, train_labels), (test_images, test_labels) = load_splits(config, data_dir)
-  num_classes = config.num_classes or data_lib.num_classes(train_labels)
-  loader = data_lib.TrainLoader(train_images, train_labels, config.batch_size, seed=config.seed,
-                                augment=None if config.augment == "none" else config.augment,
-                                image_size=config.image_size or None)
-  steps_per_epoch = loader.steps_per_epoch
+  train_records, test_records = load_splits(config, data_dir)
+  num_classes = config.num_classes or data_lib.num_classes(config.dataset, data_dir or config.data_dir or None)
+  train_batches = make_train_batches(config, train_records)
+  steps_per_epoch = data_lib.steps_per_epoch(len(train_records), config.batch_size, train=True)
   total_steps = config.num_epochs * steps_per_epoch
 
   model = create_model(config, num_classes)
@@ -321,7 +325,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
                                             keep=config.keep_checkpoints)
   log = metrics_io.MetricsLog(os.path.join(workdir, "metrics.jsonl"))
   if resume and checkpointer.latest_step() is not None:
-    state = checkpointer.restore_latest(state)
+    state = checkpointer.restore_latest(state, train_batches)
   step = int(state.step)
   if is_chief:
     log.keep_until(step // steps_per_epoch)  # drops a stale log of a fresh run, too.
@@ -333,18 +337,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   for epoch in range(step // steps_per_epoch, config.num_epochs):
     start = time.time()
     first = step - epoch * steps_per_epoch
-    bar = tqdm.tqdm(loader.epoch(epoch, start_step=first), total=steps_per_epoch, initial=first,
+    bar = tqdm.tqdm(itertools.islice(train_batches, steps_per_epoch - first), total=steps_per_epoch, initial=first,
                     desc=f"epoch {epoch + 1}/{config.num_epochs}", leave=False,
                     disable=not (config.progress_bar and is_chief))
     for batch in bar:
-      batch = {"image": batch["image"], "label": batch["label"]}
       state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
       step += 1
       if step % 20 == 0 or checkpointer.is_due(step):  # points where the loop syncs with the device anyway
         diverged = divergence_report(state, config, bound)
         if diverged:
           break
-      checkpointer.maybe_save(step, state)
+      checkpointer.maybe_save(step, state, train_batches)
       if step % 20 == 0:
         bar.set_postfix(loss=f"{float(metrics['loss'] / metrics['count']):.4f}")
       if config.stop_after_steps and config.stop_after_steps <= step < total_steps:
@@ -354,7 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     diverged = diverged or divergence_report(state, config, bound)
     if not completed or diverged:
       break
-    measured, gaps = _measure(state, eval_step, gap_fn, test_images, test_labels, config, mesh)
+    measured, gaps = _measure(state, eval_step, gap_fn, test_records, config, mesh)
     record = {"epoch": epoch + 1, "step": step, "learning_rate": float(lr_schedule(step - 1)), **measured,
               "seconds": time.time() - start}
     if is_chief:
@@ -365,10 +368,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
             f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | "
             f"{bort_jax.gap_summary(gaps)}", flush=True)
     # After the record: a crash in between resumes from an older step and rewrites the record.
-    checkpointer.save(step, state)
+    checkpointer.save(step, state, train_batches)
   if diverged:
     completed, step = False, int(state.step)
-    checkpointer.save(step, state._replace(divergence=jnp.zeros_like(state.divergence)))
+    # The data position is the detecting step's (at most 20 batches past the finite state): a rerun with a
+    # smaller γ resumes from the finite weights, not bit-for-bit the original batch order.
+    checkpointer.save(step, state._replace(divergence=jnp.zeros_like(state.divergence)), train_batches)
     if is_chief:
       print(diverged["message"], flush=True)
   checkpointer.close()  # the last epoch's checkpoint is the final one; a stopped run saves nothing more.
@@ -382,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   if completed:
     # From memory, not from the log: only process 0 writes the log. A resumed run that had already
     # finished trained no epoch here, so it measures its restored final state.
-    final = record or _measure(state, eval_step, gap_fn, test_images, test_labels, config, mesh)[0]
+    final = record or _measure(state, eval_step, gap_fn, test_records, config, mesh)[0]
     results.update({k: final[k] for k in ("train_loss", "train_accuracy", "test_loss",
                                           "test_accuracy", "orthogonality_gap")})
     results["mean_offdiag_gap"] = mean_gap(final["orthogonality_gap"])

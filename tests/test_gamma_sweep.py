@@ -35,7 +35,7 @@ def test_trainer_holdout_split_never_trains_on_validation_rows(data_dir):
   train_rows, holdout_rows = data_lib.holdout_split(labels)
   config = mnist_mlp.get_config("sgd")
   config.update(dict(eval_split="holdout", train_limit=300))
-  (x_train, y_train), (x_val, y_val) = train.load_splits(config, data_dir)
+  (x_train, y_train), (x_val, y_val) = map(data_lib.as_arrays, train.load_splits(config, data_dir))
   used = train_rows[:300]
   assert np.intersect1d(used, holdout_rows).size == 0
   np.testing.assert_array_equal(x_train, images[used])
@@ -44,9 +44,9 @@ def test_trainer_holdout_split_never_trains_on_validation_rows(data_dir):
   np.testing.assert_array_equal(y_val, labels[holdout_rows])
   # the default split is unchanged: first N training rows, the test split for evaluation
   config.eval_split = "test"
-  (x_train, _), (x_test, _) = train.load_splits(config, data_dir)
-  np.testing.assert_array_equal(x_train, images[:300])
-  assert len(x_test) == len(data_lib.load_arrays("mnist", "test", data_dir)[1])
+  train_records, test_records = train.load_splits(config, data_dir)
+  np.testing.assert_array_equal(data_lib.as_arrays(train_records)[0], images[:300])
+  assert len(test_records) == len(data_lib.load_arrays("mnist", "test", data_dir)[1])
 
 
 class _ValidationOnly(dict):

@@ -21,14 +21,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.model_kwargs = ml_collections.ConfigDict()
   c.use_bias = True  # False gives the bias-free variants used for explainability work.
 
-  # Data: `examples.data.load_arrays(dataset, split, data_dir)`; data_dir "" means $BORT_DATA_DIR / TFDS.
+  # Data: `examples.data.load_dataset(dataset, split, data_dir)`; data_dir "" means $BORT_DATA_DIR / TFDS.
   c.dataset = "mnist"
   c.data_dir = ""
   c.eval_split = "test"  # ImageNet (TFDS): "validation"; "holdout": last 10% per class of the train split.
   c.augment = "none"  # "none" | "cifar" (pad-4 crop + flip) | "imagenet" (random-resized crop + flip).
   c.image_size = 0  # side of ImageNet-style crops (0: the pipeline's default, 224).
-  c.num_classes = 0  # 0: max(train label) + 1.
+  c.num_classes = 0  # 0: the dataset's (10 for the local datasets, the TFDS metadata otherwise).
   c.train_limit = 0  # keep only the first N training examples (0: all), for smoke tests.
+  c.data_workers = 0  # grain worker processes that read and augment (0: the training process does).
 
   # Optimizer: "sgd" | "bort_sgd" | "adamw" | "bort_adamw".
   c.optimizer = "sgd"

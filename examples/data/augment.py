@@ -1,4 +1,4 @@
-"""Image augmentation in NumPy (uint8 in, uint8 out), driven by an explicit ``np.random.Generator``.
+"""Per-image augmentation in NumPy (HWC uint8 in, HWC uint8 out), driven by an explicit ``np.random.Generator``.
 
 * CIFAR (He et al., 2016, §4.2): zero-pad 4 pixels, take a random 32x32 crop, flip horizontally with p=1/2.
 * ImageNet (Szegedy et al., 2015, "Going deeper with convolutions"; torchvision's RandomResizedCrop):
@@ -6,8 +6,9 @@
   resized to ``size`` x ``size``, then a flip; evaluation resizes the shorter side to size / 0.875 and
   takes the central ``size`` x ``size`` crop.
 
-Random parameters are drawn before any pixel work, in a fixed order, so a batch depends only on the
-generator's seed.
+Random parameters are drawn before any pixel work, in a fixed order, so an output depends only on the
+generator's state: the pipeline (``examples.data.pipeline``) hands each record grain's generator seeded by
+(seed, record position), which makes every augmented batch reproducible on resume and on any process.
 """
 
 import math
@@ -15,22 +16,17 @@ import math
 import numpy as np
 from PIL import Image
 
-from examples.data._parallel import parallel_map
-
 EVAL_CROP_FRACTION = 0.875  # 224 of 256
 
 
-def random_crop_flip(images: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:
-  """Pads (B, H, W, C) with zeros, crops back to (H, W) at a random offset, flips half of the images."""
-  b, h, w, _ = images.shape
-  padded = np.pad(images, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  top = rng.integers(0, 2 * padding + 1, size=b)
-  left = rng.integers(0, 2 * padding + 1, size=b)
-  flip = rng.random(b) < 0.5
-  rows = top[:, None] + np.arange(h)
-  cols = left[:, None] + np.arange(w)
-  cols = np.where(flip[:, None], cols[:, ::-1], cols)  # flipping = reading the crop's columns backwards
-  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+def random_crop_flip(image: np.ndarray, rng: np.random.Generator, padding: int = 4) -> np.ndarray:
+  """Pads (H, W, C) with zeros, crops back to (H, W) at a random offset, flips with p=1/2."""
+  h, w, _ = image.shape
+  top, left = rng.integers(0, 2 * padding + 1, size=2)
+  flip = rng.random() < 0.5
+  padded = np.pad(image, ((padding, padding), (padding, padding), (0, 0)))
+  crop = padded[top:top + h, left:left + w]
+  return crop[:, ::-1] if flip else crop
 
 
 def sample_resized_crop_box(height: int, width: int, rng: np.random.Generator,
@@ -65,13 +61,12 @@ def resize_box(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> 
   return out.reshape(size, size, channels)
 
 
-def imagenet_train(images, rng: np.random.Generator, size: int) -> np.ndarray:
-  """Random-resized-crop + horizontal flip of a sequence of HWC uint8 images to (B, size, size, C)."""
-  boxes = [sample_resized_crop_box(im.shape[0], im.shape[1], rng) for im in images]
-  flip = rng.random(len(boxes)) < 0.5
-  out = np.stack(parallel_map(lambda args: resize_box(*args, size), list(zip(images, boxes))))
-  out[flip] = out[flip, :, ::-1]
-  return out
+def imagenet_train(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+  """Random-resized-crop + horizontal flip of one HWC uint8 image to (size, size, C)."""
+  box = sample_resized_crop_box(image.shape[0], image.shape[1], rng)
+  flip = rng.random() < 0.5
+  out = resize_box(image, box, size)
+  return out[:, ::-1] if flip else out
 
 
 def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
@@ -80,6 +75,6 @@ def center_crop_box(height: int, width: int) -> tuple[int, int, int, int]:
   return (height - side) // 2, (width - side) // 2, side, side
 
 
-def imagenet_eval(images, size: int) -> np.ndarray:
-  """Resize shorter side to size / 0.875, central size x size crop (one resampling step)."""
-  return np.stack(parallel_map(lambda im: resize_box(im, center_crop_box(*im.shape[:2]), size), images))
+def imagenet_eval(image: np.ndarray, size: int) -> np.ndarray:
+  """Resize shorter side to size / 0.875, central size x size crop (one resampling step) of one HWC image."""
+  return resize_box(image, center_crop_box(*image.shape[:2]), size)

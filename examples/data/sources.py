@@ -1,25 +1,25 @@
 """Where images come from: local ``.npz`` files, the embedded MNIST subset, or any TFDS dataset.
 
-``load_arrays`` returns (images, labels). For ``.npz`` sources both are NumPy arrays (uint8 NHWC, int32),
-loaded into memory. For TFDS sources (e.g. ImageNet, too large for memory, with images of varying sizes)
-both are lazy ``RecordColumn`` sequences over ``tfds.data_source`` that decode only the examples indexed;
-the batching pipeline accepts either.
+``load_dataset`` returns a ``grain.MapDataset`` of {"image": HWC uint8, "label": int32} records over one
+split: for ``.npz`` files an ``ArraySource`` over the arrays in memory (``load_arrays``), for TFDS datasets
+(e.g. ImageNet, too large for memory, with images of varying sizes) ``tfds.data_source``, which decodes only
+the records read. Both are random-access sources, so the pipeline reads only the records it batches.
 """
 
-from collections.abc import Sequence
+import dataclasses
 import os
 import pathlib
 from typing import NamedTuple
 import zipfile
 import zlib
 
+import grain
 import numpy as np
-
-from examples.data._parallel import parallel_map
 
 LOCAL_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10}  # labels must lie in [0, classes)
 LOCAL_DATASETS = tuple(LOCAL_CLASSES)
 EMBEDDED_DATASET = "mnist_small"  # a subset of MNIST, embedded with the examples
+_CLASSES = {**LOCAL_CLASSES, EMBEDDED_DATASET: LOCAL_CLASSES["mnist"]}
 LOCAL_SPLITS = ("train", "test")
 HOLDOUT_SPLIT = "holdout"  # config.eval_split value: a validation split held out of the training split.
 HOLDOUT_FRACTION = 0.1
@@ -57,20 +57,57 @@ def data_dir_or_env(data_dir: str | os.PathLike | None) -> pathlib.Path | None:
 
 
 def load_arrays(name: str, split: str, data_dir: str | os.PathLike | None = None):
-  """Loads split ``split`` of dataset ``name`` as (images NHWC uint8, labels int32).
+  """Loads split ``split`` of a local dataset ``name`` into memory as (images NHWC uint8, labels int32).
 
-  Looks for ``<data_dir>/<name>.npz`` (keys x_train/y_train/x_test/y_test; ``data_dir`` defaults to
-  ``$BORT_DATA_DIR``); ``"mnist_small"`` is the subset embedded with the examples; any other name is opened
-  with ``tfds.data_source(name, split=split, data_dir=data_dir)`` and returned as lazy columns. A ``.npz``
-  that lacks the split, cannot be read, or holds other dtypes, shapes or labels outside [0, classes) raises
-  one ValueError naming the file, what was expected and what was found.
+  Reads ``<data_dir>/<name>.npz`` (keys x_train/y_train/x_test/y_test; ``data_dir`` defaults to
+  ``$BORT_DATA_DIR``); ``"mnist_small"`` is the subset embedded with the examples. A ``.npz`` that lacks the
+  split, cannot be read, or holds other dtypes, shapes or labels outside [0, classes) raises one ValueError
+  naming the file, what was expected and what was found.
   """
-  root = data_dir_or_env(data_dir)
+  path = _local_path(name, data_dir)
+  if path is None:
+    raise ValueError(f"name must be {EMBEDDED_DATASET!r} or one of {LOCAL_DATASETS} with <data_dir>/<name>.npz "
+                     f"present (data_dir={data_dir_or_env(data_dir)}, or $BORT_DATA_DIR); got {name!r}. "
+                     "TFDS datasets are read lazily with load_dataset.")
+  return _load_npz(path, split, _CLASSES.get(name))
+
+
+def load_dataset(name: str, split: str, data_dir: str | os.PathLike | None = None) -> grain.MapDataset:
+  """Split ``split`` of dataset ``name`` as a grain ``MapDataset`` of {"image", "label"} records.
+
+  A local dataset (``load_arrays``) is read into memory; any other name is opened lazily with
+  ``tfds.data_source(name, split=split, data_dir=data_dir)``.
+  """
+  if _local_path(name, data_dir) is not None:
+    return grain.MapDataset.source(ArraySource(*load_arrays(name, split, data_dir)))
+  return grain.MapDataset.source(_tfds_source(name, split, data_dir)).map(_image_and_label)
+
+
+def is_local(name: str, data_dir: str | os.PathLike | None = None) -> bool:
+  """Whether ``name`` is read from a local ``.npz`` (into memory) rather than from TFDS."""
+  return _local_path(name, data_dir) is not None
+
+
+def _local_path(name: str, data_dir) -> pathlib.Path | None:
   if name == EMBEDDED_DATASET:
-    return _load_npz(_ASSET, split, LOCAL_CLASSES["mnist"])
+    return _ASSET
+  root = data_dir_or_env(data_dir)
   if root is not None and (root / f"{name}.npz").exists():
-    return _load_npz(root / f"{name}.npz", split, LOCAL_CLASSES.get(name))
-  return _load_tfds(name, split, root)
+    return root / f"{name}.npz"
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+  """Images (N, H, W, C) uint8 and labels (N,) int32 in memory as a grain random-access data source."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {"image": self.images[index], "label": self.labels[index]}
 
 
 def _load_npz(path: pathlib.Path, split: str, classes: int | None):
@@ -118,65 +155,35 @@ def _unreadable(path: pathlib.Path, error: Exception) -> str:
   return f"no zip archive (first bytes {head!r})"
 
 
-def _load_tfds(name: str, split: str, root: pathlib.Path | None):
+def _tfds_source(name: str, split: str, data_dir):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  (optional, slow to import)
 
+  root = data_dir_or_env(data_dir)
   try:
-    source = tfds.data_source(name, split=split, data_dir=None if root is None else os.fspath(root))
+    return tfds.data_source(name, split=split, data_dir=None if root is None else os.fspath(root))
   except tfds.core.registered.DatasetNotFoundError:
     raise ValueError(
         f"name must be {EMBEDDED_DATASET!r}, one of {LOCAL_DATASETS} with <data_dir>/<name>.npz present "
         f"(data_dir={root}, or $BORT_DATA_DIR), or a TFDS dataset name; got {name!r}.") from None
-  records = _Records(source)
-  return RecordColumn(records, "image"), RecordColumn(records, "label")
 
 
-class _Records:
-  """Random access to a TFDS data source that remembers the last batch read.
-
-  The pipeline reads ``images[idx]`` then ``labels[idx]``; the memo makes the second read free instead
-  of decoding every image twice.
-  """
-
-  def __init__(self, source: Sequence[dict]):
-    self.source = source
-    self._last_key, self._last = None, None
-
-  def __len__(self) -> int:
-    return len(self.source)
-
-  def read(self, indices: Sequence[int]) -> list[dict]:
-    key = tuple(int(i) for i in indices)
-    if key != self._last_key:
-      self._last_key, self._last = key, parallel_map(self.source.__getitem__, key)
-    return self._last
+def _image_and_label(record: dict) -> dict[str, np.ndarray]:
+  """A TFDS record reduced to the two features the pipeline batches (ImageNet also has file names)."""
+  return {"image": np.asarray(record["image"], np.uint8), "label": np.int32(record["label"])}
 
 
-class RecordColumn(Sequence):
-  """One feature (``"image"`` or ``"label"``) of a TFDS data source, decoded on access.
+def load_holdout(name: str, data_dir: str | os.PathLike | None = None, fraction: float = HOLDOUT_FRACTION
+                 ) -> tuple[grain.MapDataset, grain.MapDataset]:
+  """(training rows, held-out rows) of local dataset ``name``'s train split (``holdout_split``) as datasets."""
+  images, labels = load_arrays(name, "train", data_dir)
+  return tuple(grain.MapDataset.source(ArraySource(images[rows], labels[rows]))
+               for rows in holdout_split(labels, fraction))
 
-  ``column[i]`` gives one value; ``column[indices]`` (an integer array) gives a list of HWC uint8 images
-  (sizes may differ) or an int32 array of labels; ``column[a:b]`` is a lazy sub-column.
-  """
 
-  def __init__(self, records: _Records, key: str, positions: np.ndarray | None = None):
-    self.records, self.key = records, key
-    self.positions = np.arange(len(records)) if positions is None else positions
-
-  def __len__(self) -> int:
-    return len(self.positions)
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return RecordColumn(self.records, self.key, self.positions[index])
-    if np.ndim(index) == 0:
-      return self._convert([self.records.read([self.positions[index]])[0][self.key]])[0]
-    return self._convert([example[self.key] for example in self.records.read(self.positions[index])])
-
-  def _convert(self, values: list):
-    if self.key == "label":
-      return np.asarray(values, np.int32)
-    return [np.asarray(v, np.uint8) for v in values]
+def as_arrays(records: grain.MapDataset) -> tuple[np.ndarray, np.ndarray]:
+  """Every record stacked as (images NHWC uint8, labels int32), for small evaluation sets of one image size."""
+  batch = records.batch(len(records))[0]
+  return batch["image"], batch["label"]
 
 
 def holdout_split(labels: np.ndarray, fraction: float = HOLDOUT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
@@ -198,8 +205,8 @@ def holdout_split(labels: np.ndarray, fraction: float = HOLDOUT_FRACTION) -> tup
   return np.flatnonzero(~holdout), np.flatnonzero(holdout)
 
 
-def num_classes(labels) -> int:
-  """Number of classes: from the TFDS metadata for lazy columns (no decoding), else max label + 1."""
-  if isinstance(labels, RecordColumn):
-    return int(labels.records.source.dataset_info.features[labels.key].num_classes)
-  return int(np.max(labels)) + 1
+def num_classes(name: str, data_dir: str | os.PathLike | None = None) -> int:
+  """Number of classes of dataset ``name``: fixed for local datasets, from the TFDS metadata otherwise."""
+  if name in _CLASSES:
+    return _CLASSES[name]
+  return int(_tfds_source(name, "train", data_dir).dataset_info.features["label"].num_classes)

@@ -1,7 +1,8 @@
-"""Tests for examples.data: loaders (real npz, embedded subset, mock TFDS), augmentation, batching."""
+"""Tests for examples.data: loaders (real npz, embedded subset, mock TFDS), augmentation, grain batching."""
 
 import pathlib
 
+import grain
 import numpy as np
 import pytest
 
@@ -62,27 +63,31 @@ def test_mnist_small_shapes_and_classes():
     images, labels = data.load_arrays("mnist_small", split, data_dir="/nonexistent")
     assert images.shape == (10 * per_class, 28, 28, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(np.bincount(labels), np.full(10, per_class))
-  assert data.num_classes(labels) == 10
+  assert data.num_classes("mnist_small") == 10
+  records = data.load_dataset("mnist_small", "test")
+  assert len(records) == 1000 and records[3]["label"] == labels[3]
+  np.testing.assert_array_equal(records[3]["image"], images[3])
 
 
 def test_random_crop_flip_is_a_crop_of_the_padded_image_or_its_mirror():
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
-  out = augment.random_crop_flip(images, np.random.default_rng(1), padding=2)
-  assert out.shape == images.shape and out.dtype == np.uint8
-  padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
   flips = []
-  for image, crop in zip(padded, out):
+  for image in images:
+    crop = augment.random_crop_flip(image, rng, padding=2)
+    assert crop.shape == image.shape and crop.dtype == np.uint8
+    padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
     found = [(flip, t, l) for flip in (False, True) for t in range(5) for l in range(5)
-             if np.array_equal(crop, (image[:, ::-1] if flip else image)[t:t + 8, l:l + 8])]
+             if np.array_equal(crop, (padded[:, ::-1] if flip else padded)[t:t + 8, l:l + 8])]
     assert found, "output is not a crop of the padded image or of its mirror"
     flips.append(found[0][0])
   assert 0 < sum(flips) < len(flips)
 
 
 def test_flip_without_padding_is_an_exact_mirror():
-  images = np.random.default_rng(0).integers(0, 256, (64, 5, 7, 1), dtype=np.uint8)
-  out = augment.random_crop_flip(images, np.random.default_rng(3), padding=0)
+  rng = np.random.default_rng(3)
+  images = rng.integers(0, 256, (64, 5, 7, 1), dtype=np.uint8)
+  out = [augment.random_crop_flip(x, rng, padding=0) for x in images]
   mirrored = np.array([np.array_equal(o, x[:, ::-1]) for o, x in zip(out, images)])
   same = np.array([np.array_equal(o, x) for o, x in zip(out, images)])
   assert np.all(mirrored ^ same) and 20 < mirrored.sum() < 44
@@ -102,65 +107,119 @@ def test_resized_crop_boxes_respect_scale_and_ratio():
 def test_imagenet_train_is_resized_crop_then_exact_flip():
   rng = np.random.default_rng(0)
   images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 60), (64, 32), (50, 50)] * 4]
-  out = augment.imagenet_train(images, np.random.default_rng(5), 24)
-  assert out.shape == (12, 24, 24, 3) and out.dtype == np.uint8
-  replay = np.random.default_rng(5)  # same draws: boxes first, then flips
-  boxes = [augment.sample_resized_crop_box(*im.shape[:2], replay) for im in images]
-  flips = replay.random(len(images)) < 0.5
-  for image, box, flip, result in zip(images, boxes, flips, out):
+  flips = []
+  for seed, image in enumerate(images):
+    out = augment.imagenet_train(image, np.random.default_rng(seed), 24)
+    assert out.shape == (24, 24, 3) and out.dtype == np.uint8
+    replay = np.random.default_rng(seed)  # same draws: the box first, then the flip
+    box = augment.sample_resized_crop_box(*image.shape[:2], replay)
+    flips.append(replay.random() < 0.5)
     unflipped = augment.resize_box(image, box, 24)
-    np.testing.assert_array_equal(result, unflipped[:, ::-1] if flip else unflipped)
-  assert 0 < flips.sum() < len(flips)
+    np.testing.assert_array_equal(out, unflipped[:, ::-1] if flips[-1] else unflipped)
+  assert 0 < sum(flips) < len(flips)
 
 
 def test_imagenet_eval_is_the_central_crop():
   image = np.random.default_rng(0).integers(0, 256, (256, 320, 3), dtype=np.uint8)
-  out = augment.imagenet_eval([image], 224)
-  np.testing.assert_array_equal(out[0], image[16:240, 48:272])  # 0.875 * 256 = 224: no resampling
+  np.testing.assert_array_equal(augment.imagenet_eval(image, 224), image[16:240, 48:272])  # no resampling
 
 
-def _loader(**kw):
-  images, labels = data.load_arrays("mnist_small", "test")
-  return data.TrainLoader(images[:100], labels[:100], 16, seed=3, augment="cifar", **kw)
+SINGLE = grain.sharding.NoSharding()
 
 
-def test_train_loader_is_deterministic_and_permutes_each_epoch():
-  images = np.zeros((50, 4, 4, 1), np.uint8)
-  loader = data.TrainLoader(images, np.arange(50, dtype=np.int32), 8, seed=1)
-  assert loader.steps_per_epoch == 6
-  seen = [np.concatenate([b["label"] for b in loader.epoch(e)]) for e in range(2)]
+def _records(n=100):
+  return data.load_dataset("mnist_small", "test")[:n]
+
+
+def test_train_batches_are_deterministic_and_permute_each_epoch():
+  records = grain.MapDataset.source(data.ArraySource(np.zeros((50, 4, 4, 1), np.uint8), np.arange(50, dtype=np.int32)))
+  batches = data.train_dataset(records, 8, seed=1, shard=SINGLE)  # 6 steps per epoch, 2 records dropped
+  seen = [np.concatenate([batches[e * 6 + k]["label"] for k in range(6)]) for e in range(2)]
   for labels in seen:
     assert len(set(labels.tolist())) == 48  # a permutation, last incomplete batch dropped
   assert not np.array_equal(seen[0], seen[1])
-  again = data.TrainLoader(images, np.arange(50, dtype=np.int32), 8, seed=1)
-  np.testing.assert_array_equal(np.concatenate([b["label"] for b in again.epoch(1)]), seen[1])
+  again = data.iterate(data.train_dataset(records, 8, seed=1, shard=SINGLE))
+  np.testing.assert_array_equal(np.concatenate([next(again)["label"] for _ in range(12)][6:]), seen[1])
 
 
-def test_resume_mid_epoch_continues_exactly():
-  loader = _loader()
-  stream = loader.batches()
+def test_iterator_state_resumes_mid_epoch_exactly():
+  batches = data.train_dataset(_records(), 16, seed=3, augment="cifar", shard=SINGLE)
+  stream = data.iterate(batches)
   uninterrupted = [next(stream) for _ in range(15)]  # 6 steps per epoch: crosses two epoch boundaries
-  resumed = loader.batches(start_step=8)
-  for expected in uninterrupted[8:]:
+  stream = data.iterate(batches)
+  for _ in range(8):
+    next(stream)
+  state = stream.get_state()
+  resumed = data.iterate(batches)
+  resumed.set_state(state)
+  for k, expected in enumerate(uninterrupted[8:], start=8):
     got = next(resumed)
     for key in expected:
       np.testing.assert_array_equal(got[key], expected[key])
-  np.testing.assert_array_equal(loader.get_batch(1, 2)["image"], uninterrupted[8]["image"])
-  assert not np.array_equal(_loader().get_batch(1, 3)["image"], uninterrupted[8]["image"])
+      np.testing.assert_array_equal(batches[k][key], expected[key])  # batch = pure function of the step
+  other_seed = data.train_dataset(_records(), 16, seed=4, augment="cifar", shard=SINGLE)
+  assert not np.array_equal(other_seed[8]["image"], uninterrupted[8]["image"])
 
 
-def test_eval_batches_pad_and_mask():
+class _CountingSource(data.ArraySource):
+  """Remembers which rows were read."""
+
+  def __init__(self, images, labels):
+    super().__init__(images, labels)
+    object.__setattr__(self, "read", [])
+
+  def __getitem__(self, index):
+    self.read.append(int(index))
+    return super().__getitem__(index)
+
+
+def test_each_process_reads_and_augments_only_its_part_of_the_batch():
   images, labels = data.load_arrays("mnist_small", "test")
-  batches = list(data.eval_batches(images[:70], labels[:70], 32))
+  whole = data.train_dataset(_records(), 16, seed=3, augment="cifar", shard=SINGLE)
+  sources = [_CountingSource(images[:100], labels[:100]) for _ in range(2)]
+  parts = [data.train_dataset(grain.MapDataset.source(source), 16, seed=3, augment="cifar",
+                              shard=grain.sharding.ShardOptions(p, 2)) for p, source in enumerate(sources)]
+  for step in (0, 5, 6, 13):  # within and across epochs
+    for source in sources:
+      source.read.clear()
+    got = [part[step] for part in parts]
+    assert [g["image"].shape[0] for g in got] == [8, 8]
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(np.concatenate([g[key] for g in got]), whole[step][key])
+    assert [len(set(source.read)) for source in sources] == [8, 8]  # one read per row of its own part
+    assert not set(sources[0].read) & set(sources[1].read)
+  with pytest.raises(ValueError, match="does not split over 3 processes"):
+    data.train_dataset(_records(), 16, shard=grain.sharding.ShardOptions(0, 3))
+
+
+def test_worker_processes_give_the_same_batches():
+  batches = data.train_dataset(_records(), 16, seed=3, augment="cifar", shard=SINGLE)
+  stream = data.iterate(batches, workers=2)
+  for k in range(7):
+    np.testing.assert_array_equal(next(stream)["image"], batches[k]["image"])
+  resumed = data.iterate(batches, workers=2)
+  resumed.set_state(stream.get_state())
+  np.testing.assert_array_equal(next(resumed)["image"], batches[7]["image"])
+
+
+def test_eval_batches_pad_and_mask_and_split_over_processes():
+  images, labels = data.load_arrays("mnist_small", "test")
+  batches = list(data.eval_dataset(_records(70), 32, shard=SINGLE))
   assert [b["image"].shape for b in batches] == [(32, 28, 28, 1)] * 3
   assert batches[0]["image"].dtype == np.uint8
   np.testing.assert_array_equal(batches[-1]["mask"], np.arange(32) < 6)
   np.testing.assert_array_equal(batches[-1]["image"][:6], images[64:70])
   assert not batches[-1]["image"][6:].any()
   np.testing.assert_array_equal(np.concatenate([b["label"][b["mask"]] for b in batches]), labels[:70])
+  parts = [list(data.eval_dataset(_records(70), 32, shard=grain.sharding.ShardOptions(p, 2))) for p in (0, 1)]
+  for k, batch in enumerate(batches):
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([parts[0][k][key], parts[1][k][key]]), batch[key])
 
 
 def test_bad_arguments_raise_value_error():
+  with pytest.raises(ValueError, match="name must be"):
+    data.load_dataset("no_such_dataset", "train")
   with pytest.raises(ValueError, match="name must be"):
     data.load_arrays("no_such_dataset", "train")
   with pytest.raises(ValueError, match="split must be one of"):
@@ -168,35 +227,33 @@ def test_bad_arguments_raise_value_error():
   with pytest.raises(ValueError, match="name must be one of"):
     data.normalization("svhn")
   with pytest.raises(ValueError, match="augment must be one of"):
-    data.TrainLoader(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32), 2, augment="flip")
+    data.train_dataset(_records(), 2, augment="flip")
   with pytest.raises(ValueError, match="image_size must be None"):
-    _loader(image_size=64)
+    data.train_dataset(_records(), 2, augment="cifar", image_size=64)
   with pytest.raises(ValueError, match="batch_size"):
-    data.TrainLoader(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32), 5).steps_per_epoch
+    data.train_dataset(_records(4), 5)
 
 
 def test_mock_tfds_imagenet_pipeline():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=10, policy=tfds.testing.MockPolicy.USE_CODE):
-    images, labels = data.load_arrays("imagenet2012", "train")
-    assert isinstance(images, data.RecordColumn) and len(images) == 10
-    assert data.num_classes(labels) == 1000
-    sizes = {images[i].shape for i in range(10)}
+    records = data.load_dataset("imagenet2012", "train")
+    assert len(records) == 10 and data.num_classes("imagenet2012") == 1000
+    sizes = {records[i]["image"].shape for i in range(10)}
     assert len(sizes) > 1  # mock images have random sizes, as real ImageNet
-    loader = data.TrainLoader(images, labels, 4, seed=0, augment="imagenet")
-    batch = loader.get_batch(0, 1)
+    batches = data.train_dataset(records, 4, seed=0, augment="imagenet", shard=SINGLE)
+    batch = batches[1]
     assert batch["image"].shape == (4, 224, 224, 3) and batch["image"].dtype == np.uint8
-    order = np.random.default_rng((0, 0)).permutation(10)[4:8]
-    np.testing.assert_array_equal(batch["label"], [labels[i] for i in order])
-    np.testing.assert_array_equal(loader.get_batch(0, 1)["image"], batch["image"])
-    with pytest.raises(ValueError, match="images differ in shape"):
-      data.TrainLoader(images, labels, 4).get_batch(0, 0)
+    assert batch["label"].dtype == np.int32 and set(batch) == {"image", "label"}
+    np.testing.assert_array_equal(batches[1]["image"], batch["image"])
+    with pytest.raises(ValueError):  # images of different sizes need a crop to be batched
+      data.train_dataset(records, 4, shard=SINGLE)[0]
 
-    val_images, val_labels = data.load_arrays("imagenet2012", "validation")
-    evals = list(data.eval_batches(val_images, val_labels, 4, image_size=224))
+    val = data.load_dataset("imagenet2012", "validation")
+    evals = list(data.eval_dataset(val, 4, image_size=224, shard=SINGLE))
     assert [b["image"].shape for b in evals] == [(4, 224, 224, 3)] * 3
     np.testing.assert_array_equal(evals[-1]["mask"], [True, True, False, False])
-    np.testing.assert_array_equal(evals[0]["image"][0], augment.imagenet_eval([val_images[0]], 224)[0])
+    np.testing.assert_array_equal(evals[0]["image"][0], augment.imagenet_eval(val[0]["image"], 224))
 
 
 def _npz(directory, **arrays):

@@ -77,8 +77,8 @@ def test_sgd_step_equals_hand_derived_update(lam, smoothing):
 
 def test_on_device_normalization_of_a_real_batch():
   """The trainer's input: (x / 255 - mean) / std of the uint8 batch, mean ~0 and std ~1 on MNIST."""
-  images, labels = data_lib.load_arrays("mnist_small", "test")
-  batch = next(data_lib.eval_batches(images, labels, 1000))
+  images, _ = data_lib.load_arrays("mnist_small", "test")
+  batch = data_lib.eval_dataset(data_lib.load_dataset("mnist_small", "test"), 1000)[0]
   assert batch["image"].dtype == np.uint8
   x = np.asarray(train.normalize_images(jnp.asarray(batch["image"]), data_lib.normalization("mnist")))
   expected = (images.astype(np.float64) / 255.0 - 0.1307) / 0.3081
@@ -106,8 +106,8 @@ def test_evaluate_masks_the_padded_tail():
   tx, _ = optimizers.create_optimizer(config, 10)
   model = train.create_model(config, 10)
   state, graphs = train.create_train_state(model, tx)
-  got = train.evaluate(train.make_eval_step(graphs, config), state, images, labels, config,
-                       sharding.make_mesh())
+  got = train.evaluate(train.make_eval_step(graphs, config), state, data_lib.load_dataset("mnist_small", "test"),
+                       config, sharding.make_mesh())
   model.eval()
   logits = np.asarray(model(train.normalize_images(jnp.asarray(images), data_lib.normalization("mnist"))))
   np.testing.assert_allclose(got["accuracy"], np.mean(logits.argmax(-1) == labels), rtol=1e-6)
