@@ -4,36 +4,41 @@
   nice -n 10 python -m benchmarks.explain_report --arch mlp                     # explain_mnist_mlp.{md,json,png}
   nice -n 10 python -m benchmarks.explain_report --dataset cifar10 --arch cnn   # explain_cifar10_cnn.{md,json,png}
 
-The ReLU nets are trained with optax SGD (momentum 0.9), ``bort_jax.bort_sgd`` (Bort) and Bort +
-``bort_jax.dbort_loss`` (DBort); the B-cos nets of ``bort_jax.explain.bcos`` (MaxOut 2, logit bias, symmetric
-padding) with Adam on the authors' binary cross-entropy. The architectures (and how they read the grids of the
-pointing game) are in ``benchmarks/explain_models.py``. Data: ``$BORT_DATA_DIR/{mnist,cifar10}.npz`` (default
-``../shared/data`` from the repository root; its CIFAR-10 copy is JPEG-compressed). Everything else is measured
-by ``examples.explain_protocol``; the claims checked at the end are in ``benchmarks/explain_acceptance.py``.
+Every model is trained by the example trainer, ``examples.train.train_and_evaluate`` (its loop, Orbax
+checkpoints, exact resume, metrics) on pixels in [0, 1] (``config.normalize = False``), at a constant learning rate,
+without augmentation or weight decay: the ReLU nets with "sgd" (momentum 0.9), "bort_sgd" (Bort) and "bort_sgd" +
+``config.dbort_lambda`` (DBort); the B-cos nets (MaxOut 2, logit bias, symmetric padding) with "adamw" (no decay:
+Adam) on the authors' binary cross-entropy (``config.loss = "bcos_bce"``). The architectures (registered models;
+how they read the grids of the pointing game) are in ``benchmarks/explain_models.py``. Data:
+``$BORT_DATA_DIR/{mnist,cifar10}.npz`` (default ``../shared/data`` from the repository root; its CIFAR-10 copy is
+JPEG-compressed). Everything else is measured by ``examples.explain_protocol``; the claims checked at the end are
+in ``benchmarks/explain_acceptance.py``.
 
-Resumable: every (dataset, arch, model, seed) result is saved as it finishes, with its parameters, under
-``--cache-dir`` (default ``runs/explain_report/<dataset>_<arch>/``); a rerun with the same options skips those
-and rebuilds the report (``--fresh`` recomputes everything).
+Resumable: each (kind, seed) is a trainer workdir ``--cache-dir/<dataset>_<arch>/<kind>_seed<k>/`` (default
+``runs/explain_report``): an interrupted run continues from its last checkpoint, a finished one is read back
+without training, and its evaluation is cached beside it (``explain.json``). A rerun with the same options rebuilds
+the report from them; a workdir trained with other settings is trained again from the start (``--fresh``:
+everything).
 """
 
 import argparse
 import json
 import os
 import pathlib
+import shutil
 import time
-from typing import Any
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import optax
 from flax import nnx
+import jax
+import numpy as np
 
-import bort_jax
 from benchmarks import explain_acceptance
 from benchmarks import explain_models as models
-from examples import explain_protocol
 from benchmarks import explain_tables
+from examples import explain_protocol
+from examples import metrics_io
+from examples import train
+from examples.configs import default
 
 DATASETS = ("mnist", "cifar10")
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
@@ -99,150 +104,93 @@ def sorted_by_class(labels: np.ndarray) -> bool:
   return bool(np.all(np.diff(labels) >= 0))
 
 
-def load_mnist(data_dir: str) -> tuple[np.ndarray, ...]:
-  return load_dataset("mnist", data_dir)
-
-
-def make_optimizer(kind: str, args, model: nnx.Module | None = None) -> optax.GradientTransformation:
-  if kind == "sgd":
-    return optax.sgd(args.lr, momentum=0.9)
-  if kind == "bcos":
-    return optax.adam(args.bcos_lr)
+def run_config(kind: str, seed: int, args):
+  """The trainer config of one (kind, seed) of the report."""
+  config = default.get_config()
+  config.model = models.model_name(args.arch, kind)
+  config.model_kwargs = models.model_kwargs(args.arch, kind, args.widths, args.strides, args.image_shape)
+  config.use_bias = False
+  config.dataset, config.num_classes, config.train_limit = args.dataset, 10, args.train_size
+  config.normalize = False
+  config.optimizer = {"sgd": "sgd", "bcos": "adamw"}.get(kind, "bort_sgd")
+  config.learning_rate = args.bcos_lr if kind == "bcos" else args.lr
+  config.lr_schedule, config.weight_decay, config.momentum = "constant", 0.0, 0.9
+  config.gamma = args.gamma
+  config.adaptive_alpha = args.alpha == "adaptive"
+  config.alpha = 1.0 if config.adaptive_alpha else args.alpha
   # The classifier kernel is left free (rule scale 0): only the feature layers need to be invertible, and a
   # unit-norm head would cap the logit scale.
-  head = models.head_kernel_path(args.arch, args.widths)
-  return bort_jax.bort_sgd(args.lr, args.gamma, momentum=0.9, alpha=args.alpha,
-                           rules=[(head, args.head_gamma_scale)],
-                           views=None if model is None else bort_jax.nnx_views(model))
+  config.bort_rules = ((models.head_kernel_path(args.arch, args.widths), args.head_gamma_scale),)
+  config.dbort_lambda = args.dbort_lam if kind == "dbort" else 0.0
+  config.dbort_beta = args.dbort_beta
+  config.loss = "bcos_bce" if kind == "bcos" else "cross_entropy"
+  config.batch_size, config.num_epochs, config.seed = args.batch_size, args.epochs, seed
+  config.checkpoint_every_steps, config.keep_checkpoints = 0, 1     # a checkpoint at each epoch end, as before
+  config.progress_bar = False
+  return config
 
 
-def build_model(kind: str, seed: int, args) -> nnx.Module:
-  return models.make_model(args.arch, kind, seed, args.widths, image_shape=args.image_shape, strides=args.strides)
+# Config fields that do not change what a run trains: a workdir saved with other values is still resumed.
+_NOT_TRAINING = ("data_dir", "stop_after_steps", "checkpoint_every_steps", "keep_checkpoints", "progress_bar",
+                 "eval_batch_size", "multi_host")
 
 
-def train(kind: str, seed: int, x_train, y_train, args, checkpoint: pathlib.Path | None = None,
-          wanted: dict | None = None):
-  """Train one model; returns (model, seconds).
+def _differing(stored: dict, wanted: dict, ignore=()) -> list[str]:
+  """Keys whose values differ between a stored JSON dict and ``wanted`` (compared as JSON: tuples as lists)."""
+  wanted = json.loads(json.dumps(wanted))
+  return sorted(k for k in set(stored) | set(wanted) if k not in ignore and stored.get(k) != wanted.get(k))
 
-  With ``checkpoint``, parameters and optimizer state are saved there after every epoch (with ``wanted``, the
-  protocol) and a later call with the same protocol continues after the last saved epoch, with the same
-  shuffles. The caller removes the file once the trained model's result is saved, so a kill during evaluation
-  does not cost the training.
+
+def _changed_fields(config, workdir: pathlib.Path) -> list[str]:
+  """Fields in which ``config`` differs from the one ``workdir`` was trained with (none: no run there yet)."""
+  saved = workdir / "config.json"
+  return _differing(json.loads(saved.read_text()), config.to_dict(), _NOT_TRAINING) if saved.exists() else []
+
+
+def train_run(config, workdir: pathlib.Path, data_dir: str, fresh: bool = False):
+  """Trains ``config`` in ``workdir`` with the example trainer, or reads a finished run back; returns (state,
+  trainer results, seconds its epochs took).
+
+  A workdir trained with other settings (or any, with ``fresh``) is cleared first, so that the trainer does not
+  resume a checkpoint of another protocol.
   """
-  model = build_model(kind, seed, args)
-  graphdef, params = nnx.split(model)
-  optimizer = make_optimizer(kind, args, model)
-  opt_state = optimizer.init(params)
-  stamp = json.dumps(wanted, sort_keys=True)
-  first_epoch, elapsed = 0, 0.0
-  if checkpoint is not None and checkpoint.exists():
-    resumed = load_checkpoint(checkpoint, (params, opt_state), stamp)
-    if resumed is None:
-      print(f"  {checkpoint.name}: saved with other options; training from the start", flush=True)
-    else:
-      (params, opt_state), first_epoch, elapsed = resumed
-      print(f"  {kind} seed {seed}: continuing after epoch {first_epoch} ({checkpoint.name})", flush=True)
-
-  def loss_fn(p, x, y):
-    net = nnx.merge(graphdef, p)
-    if kind == "bcos":
-      return models.bcos_loss(net, x, y)
-    logits, preacts = net.forward(x)
-    extra = bort_jax.dbort_loss(preacts, args.dbort_lam, args.dbort_beta) if kind == "dbort" else 0.0
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean() + extra
-
-  @jax.jit
-  def step(p, s, x, y):
-    loss, grads = jax.value_and_grad(loss_fn)(p, x, y)
-    updates, s = optimizer.update(grads, s, p)
-    return optax.apply_updates(p, updates), s, loss
-
-  rng = np.random.default_rng(seed)
-  start, batches = time.time() - elapsed, len(x_train) // args.batch_size
-  for epoch in range(args.epochs):
-    order = rng.permutation(len(x_train))                   # drawn for skipped epochs too: same shuffles
-    if epoch < first_epoch:
-      continue
-    for b in range(batches):
-      idx = order[b * args.batch_size:(b + 1) * args.batch_size]
-      params, opt_state, loss = step(params, opt_state, x_train[idx], y_train[idx])
-    print(f"  {kind} seed {seed} epoch {epoch + 1}: loss {float(loss):.4f} ({time.time() - start:.0f}s)",
-          flush=True)
-    if checkpoint is not None:
-      _write_leaves(checkpoint, jax.tree_util.tree_leaves((params, opt_state)), protocol=stamp, epoch=epoch + 1,
-                    seconds=time.time() - start)
-  return nnx.merge(graphdef, params), time.time() - start
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Per-run cache (resume)
-# ---------------------------------------------------------------------------------------------------------------
-
-def _leaves(model: nnx.Module) -> tuple[list[str], list[np.ndarray], Any]:
-  pure = nnx.to_pure_dict(nnx.state(model))
-  flat, treedef = jax.tree_util.tree_flatten_with_path(pure)
-  return [jax.tree_util.keystr(path) for path, _ in flat], [np.asarray(v) for _, v in flat], treedef
-
-
-def _write_leaves(path: pathlib.Path, leaves, **meta) -> None:
-  """``leaves`` as ``leaf_0 … leaf_{n−1}`` plus ``meta`` in one .npz, replaced atomically (a kill keeps the
-  old file)."""
-  tmp = path.with_suffix(".tmp.npz")
-  np.savez(tmp, **meta, leaves=len(leaves), **{f"leaf_{i}": np.asarray(v) for i, v in enumerate(leaves)})
-  tmp.replace(path)
-
-
-def save_params(model: nnx.Module, path: pathlib.Path) -> None:
-  names, values, _ = _leaves(model)
-  _write_leaves(path, values, names=np.asarray(names))
-
-
-def load_params(model: nnx.Module, path: pathlib.Path) -> nnx.Module:
-  """``model`` (freshly built, same architecture) with the parameters saved at ``path``."""
-  names, values, treedef = _leaves(model)
-  with np.load(path) as d:
-    if list(d["names"]) != names:
-      raise ValueError(f"{path} holds another architecture: {list(d['names'])} vs {names}")
-    loaded = [d[f"leaf_{i}"] for i in range(len(names))]
-  if any(a.shape != b.shape for a, b in zip(loaded, values)):
-    raise ValueError(f"{path} holds parameters of other shapes than the model's")
-  state = nnx.state(model)
-  nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, loaded))
-  nnx.update(model, state)
-  return model
-
-
-def load_checkpoint(path: pathlib.Path, like, stamp: str):
-  """(tree shaped as ``like``, epochs done, seconds spent) from a training checkpoint saved under the protocol
-  ``stamp``; None when it was saved under another protocol or for another tree."""
-  leaves, treedef = jax.tree_util.tree_flatten(like)
-  with np.load(path) as d:
-    if str(d["protocol"]) != stamp or int(d["leaves"]) != len(leaves):
-      return None
-    tree = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(d[f"leaf_{i}"]) for i in range(len(leaves))])
-    return tree, int(d["epoch"]), float(d["seconds"])
+  changed = _changed_fields(config, workdir)
+  if changed or (fresh and workdir.exists()):
+    print(f"  {workdir.name}: {'trained with other options (' + ', '.join(changed) + ')' if changed else '--fresh'}"
+          f"; training from the start", flush=True)
+    shutil.rmtree(workdir)
+  done = workdir / "results.json"
+  if done.exists() and json.loads(done.read_text())["status"] == "completed":
+    print(f"  {workdir.name}: trained (cached in {workdir})", flush=True)
+  elif (workdir / "checkpoints").exists():
+    print(f"  {workdir.name}: continuing from its last checkpoint", flush=True)
+  state, results = train.train_and_evaluate(config, str(workdir), resume=True, data_dir=data_dir)
+  if results["status"] != "completed":
+    raise RuntimeError(f"{workdir}: training {results['status']}: {results.get('diverged', {}).get('message', '')}")
+  seconds = sum(r["seconds"] for r in metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).read())
+  return state, results, seconds
 
 
 def protocol(config: dict) -> dict:
   return {k: v for k, v in config.items() if k not in _NOT_PROTOCOL}
 
 
-def cached_result(run_dir: pathlib.Path, kind: str, seed: int, wanted: dict) -> dict | None:
-  path = run_dir / f"{kind}_seed{seed}.json"
+def cached_result(workdir: pathlib.Path, wanted: dict) -> dict | None:
+  """The evaluation saved in ``workdir/explain.json`` under the protocol ``wanted``, else None."""
+  path = workdir / "explain.json"
   if not path.exists():
     return None
   stored = json.loads(path.read_text())
-  wanted = json.loads(json.dumps(wanted))                 # tuples as lists, as stored
-  if stored.get("protocol") != wanted:
-    changed = sorted(k for k in set(wanted) | set(stored.get("protocol", {}))
-                     if wanted.get(k) != stored.get("protocol", {}).get(k))
-    print(f"  {path.name}: cached with other options ({', '.join(changed)}); recomputing", flush=True)
+  changed = _differing(stored["protocol"], wanted)
+  if changed:
+    print(f"  {workdir.name}: evaluated with other options ({', '.join(changed)}); evaluating again", flush=True)
     return None
   return stored["result"]
 
 
-def save_result(run_dir: pathlib.Path, kind: str, seed: int, wanted: dict, result: dict) -> None:
-  path = run_dir / f"{kind}_seed{seed}.json"
+def save_result(workdir: pathlib.Path, wanted: dict, result: dict) -> None:
+  """``result`` (NaN kept: the tables read it) beside the trained run, replaced atomically."""
+  path = workdir / "explain.json"
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps({"protocol": wanted, "result": result}, indent=1))
   tmp.replace(path)
@@ -271,7 +219,7 @@ def parse_args(argv=None):
   parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", str(repo.parent / "shared/data")))
   parser.add_argument("--out", default=str(repo / "benchmarks/results"))
   parser.add_argument("--cache-dir", default=str(repo / "runs/explain_report"),
-                      help="per-run results and parameters (resume); <cache-dir>/<dataset>_<arch>/")
+                      help="the trainer's workdir of every run (resume); <cache-dir>/<dataset>_<arch>/<kind>_seed<k>/")
   parser.add_argument("--fresh", action="store_true", help="ignore cached runs (they are overwritten)")
   parser.add_argument("--note", action="append", default=[],
                       help="a remark on how this run went, printed in bold under the title (repeatable)")
@@ -342,32 +290,24 @@ def main(argv=None):
   for seed in args.seeds:
     for kind in args.kinds:
       family = "bcos" if kind == "bcos" else "relu"         # SGD, Bort and DBort share one architecture
-      params_path = run_dir / f"{kind}_seed{seed}.npz"
-      metrics = None if args.fresh else cached_result(run_dir, kind, seed, wanted)
-      if metrics is not None and seed == args.seeds[0] and not params_path.exists():
-        metrics = None                                      # the figure needs the first seed's parameters
+      train_config, workdir = run_config(kind, seed, args), run_dir / f"{kind}_seed{seed}"
+      state, _, seconds = train_run(train_config, workdir, args.data_dir, args.fresh)
+      model = models.explained_net(train_config, state.params)
+      fns = fns_by_family.setdefault(family, models.model_fns(args.arch, kind, model, args.image_shape))
+      metrics = cached_result(workdir, wanted)
       if metrics is not None:
-        model = build_model(kind, seed, args)
-        if seed == args.seeds[0]:
-          model = load_params(model, params_path)
-        print(f"  {kind} seed {seed}: cached ({run_dir.name}/{kind}_seed{seed}.json)", flush=True)
+        print(f"  {kind} seed {seed}: cached ({run_dir.name}/{workdir.name}/explain.json)", flush=True)
       else:
-        checkpoint = run_dir / f"{kind}_seed{seed}.epoch.npz"
-        model, seconds = train(kind, seed, x_train, y_train, args, checkpoint, wanted)
-        save_params(model, params_path)
-        fns = fns_by_family.setdefault(family, models.model_fns(args.arch, kind, model, args.image_shape))
         eval_start = time.time()
         metrics = explain_protocol.evaluate(fns, nnx.state(model), x_test, y_test, x_train[:2000], y_train[:2000],
-                                  num_grids=args.num_grids, num_eval=args.num_eval, num_big=args.num_big,
-                                  ig_steps=args.ig_steps, channel_mean=channel_mean, smooth=args.smooth,
-                                  epsilons=tuple(args.boundary_epsilons), cw_epsilon=args.cw_epsilon)
+                                            num_grids=args.num_grids, num_eval=args.num_eval, num_big=args.num_big,
+                                            ig_steps=args.ig_steps, channel_mean=channel_mean, smooth=args.smooth,
+                                            epsilons=tuple(args.boundary_epsilons), cw_epsilon=args.cw_epsilon)
         metrics["train_seconds"] = seconds
         metrics["eval_seconds"] = time.time() - eval_start
-        save_result(run_dir, kind, seed, wanted, metrics)
-        checkpoint.unlink(missing_ok=True)
+        save_result(workdir, wanted, metrics)
         print(f"  {kind} seed {seed}: accuracy {metrics['accuracy']:.4f}, evaluated in "
               f"{metrics['eval_seconds']:.0f}s ({time.time() - start:.0f}s total)", flush=True)
-      fns = fns_by_family.setdefault(family, models.model_fns(args.arch, kind, model, args.image_shape))
       results.append({"model": kind, "seed": seed, "metrics": metrics})
       if seed == args.seeds[0]:
         first_seed[kind] = (fns, nnx.state(model))

@@ -13,6 +13,7 @@ from examples import optimizers
 
 LR_SCHEDULES = ("cosine", "constant")
 AUGMENTATIONS = ("none", "cifar", "imagenet")
+LOSSES = ("cross_entropy", "bcos_bce")
 
 
 def _fail(field: str, value, accepted: str):
@@ -62,6 +63,7 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
   _one_of(config, "optimizer", optimizers.OPTIMIZERS)
   _one_of(config, "lr_schedule", LR_SCHEDULES)
   _one_of(config, "augment", AUGMENTATIONS)
+  _one_of(config, "loss", LOSSES)
   if optimizers.OPTIMIZERS[config.optimizer].bort and bort_modes:
     _one_of(config, "bort_mode", bort_modes)
 

@@ -1,6 +1,6 @@
 """`explain.png`, the figure that ends the README's main job: what Bort buys, visible in two minutes.
 
-For a trained MLP or LeNet-5: a few test images, their reconstruction x̂ = J(x)ᵀ f(x) from every depth
+For a trained MLP, LeNet-5 or ConvNet: a few test images, their reconstruction x̂ = J(x)ᵀ f(x) from every depth
 (`bort_jax.explain.reconstruct`) and the backtracking saliency of the top features of the last hidden layer
 (`bort_jax.explain.backtrack`). Other models are skipped with a message.
 """
@@ -14,16 +14,18 @@ import numpy as np
 
 from bort_jax import explain
 from bort_jax.explain import reconstruction
-from examples import explain_protocol
 from examples import data as data_lib
+from examples import explain_protocol
+from examples import models as models_lib
 from examples import train
 
 EXPLAIN_IMAGES = 6
 TOP_FRACTION = 0.1  # backtracking keeps this share of the last hidden layer's units
 
 
-def _depths(model: nnx.Module):
-  """(depth name -> features(model, x), head(model, last features) -> logits) of an MLP or LeNet-5, else None."""
+def feature_depths(model: nnx.Module):
+  """(depth name -> features(model, x), head(model, last features) -> logits) of an MLP, LeNet-5 or the report's
+  ConvNet, else None."""
   relu, pool = jax.nn.relu, lambda y: nnx.max_pool(y, (2, 2), strides=(2, 2))
   flat = lambda y: y.reshape(y.shape[0], -1)
   if hasattr(model, "layers"):  # MLP: the ReLU output of every hidden layer
@@ -41,11 +43,14 @@ def _depths(model: nnx.Module):
     fc1 = lambda m, x: relu(m.fc1(flat(conv2(m, x))))
     fc2 = lambda m, x: relu(m.fc2(fc1(m, x)))
     return {"conv1": conv1, "conv2": conv2, "fc1": fc1, "fc2": fc2}, lambda m, h: m.fc3(h)
+  if isinstance(model, models_lib.ConvNet):  # the ReLU output of every 3×3 convolution
+    return ({f"conv{d}": lambda m, x, d=d: m.features(x, d) for d in range(1, len(model.convs) + 1)},
+            lambda m, h: m.head(h).mean((1, 2)))
   return None
 
 
 def write_explain_figure(config, workdir: str, state, data_dir: str | None) -> str | None:
-  """Writes `workdir/explain.png` for the trained `state` of an MLP or LeNet-5; returns its path (None: skipped).
+  """Draws `workdir/explain.png` for the trained `state` of an MLP, LeNet-5 or ConvNet; its path (None: skipped).
 
   Columns: the first test image of each of a few classes; x̂ = J(x)ᵀ f(x) from every depth (the best scalar
   multiple of x̂, its fitted PSNR in the title); backtracking saliency of the top 10% units of the last hidden
@@ -54,9 +59,9 @@ def write_explain_figure(config, workdir: str, state, data_dir: str | None) -> s
   test_images, test_labels = data_lib.as_arrays(train.load_splits(config, data_dir)[1])
   model = train.create_model(
       config, config.num_classes or data_lib.num_classes(config.dataset, data_dir or config.data_dir or None))
-  depths = _depths(model)
+  depths = feature_depths(model)
   if depths is None:
-    print(f"explain.png: not drawn for config.model={config.model!r} (MLP and LeNet-5 only)")
+    print(f"explain.png: not drawn for config.model={config.model!r} (MLP, LeNet-5 and ConvNet only)")
     return None
   features_by_depth, head = depths
   model.eval()
@@ -68,7 +73,7 @@ def write_explain_figure(config, workdir: str, state, data_dir: str | None) -> s
   labels = np.asarray(test_labels)
   classes = np.unique(labels)[np.linspace(0, len(np.unique(labels)) - 1, EXPLAIN_IMAGES).astype(int)]
   pick = [int(np.flatnonzero(labels == c)[0]) for c in classes]
-  stats = data_lib.normalization(config.dataset)
+  stats = train.input_normalization(config)
   mean, std = np.asarray(stats.mean, np.float32), np.asarray(stats.std, np.float32)
   raw = np.stack([np.asarray(test_images[i]) for i in pick]).astype(np.float32) / 255.0
   x = jnp.asarray((raw - mean) / std)

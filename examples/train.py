@@ -86,12 +86,17 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation
   return state, ModelGraphs(train_graph, eval_graph)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example softmax cross-entropy against one-hot labels smoothed towards uniform by `eps`.
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0, loss: str = "cross_entropy"
+                  ) -> jax.Array:
+  """Per-example loss `loss` (`config.loss`) against one-hot labels smoothed towards uniform by `eps`.
 
-  y = (1 - eps) onehot + eps / K (Szegedy et al., 2016, "Rethinking the Inception architecture").
+  y = (1 - eps) onehot + eps / K (Szegedy et al., 2016, "Rethinking the Inception architecture"). "cross_entropy":
+  softmax cross-entropy; "bcos_bce": the B-cos authors' binary cross-entropy of sigmoid(logits), averaged over
+  classes (`bort_jax.explain.bcos.bcos_bce_loss` per example).
   """
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  if loss == "bcos_bce":
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(-1)
   return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
 
 
@@ -103,6 +108,14 @@ def normalize_images(images: jax.Array, stats: data_lib.Normalization, dtype=jnp
   mean = jnp.asarray(stats.mean, jnp.float32)
   std = jnp.asarray(stats.std, jnp.float32)
   return ((images.astype(jnp.float32) / 255.0 - mean) / std).astype(dtype)
+
+
+def input_normalization(config: ml_collections.ConfigDict) -> data_lib.Normalization:
+  """The dataset's statistics, or mean 0 and std 1 with `config.normalize=False` (pixels x / 255 in [0, 1])."""
+  stats = data_lib.normalization(config.dataset)
+  if config.normalize:
+    return stats
+  return data_lib.Normalization((0.0,) * len(stats.mean), (1.0,) * len(stats.std))
 
 
 def forward(model: nnx.Module, images: jax.Array, config: ml_collections.ConfigDict):
@@ -130,19 +143,19 @@ def make_train_step(graphs: ModelGraphs, tx: optax.GradientTransformation,
                     config: ml_collections.ConfigDict, steps_per_epoch: int):
   """Returns jit(train_step)(state, batch) -> (state, batch metrics); the input state is donated.
 
-  The loss is CE(label-smoothed) + [DBort] -lambda * sum_l mean(y_l^2)^beta over the sown outputs.
+  The loss is `config.loss`(label-smoothed) + [DBort] -lambda * sum_l mean(y_l^2)^beta over the sown outputs.
   `state.epoch_metrics` restarts from zero on the first step of every epoch, so a resumed run reports
   the same epoch averages as an uninterrupted one.
   """
   dtype = jnp.bfloat16 if config.half_precision else jnp.float32
 
   def train_step(state: TrainState, batch: dict[str, jax.Array]):
-    images = normalize_images(batch["image"], data_lib.normalization(config.dataset), dtype)
+    images = normalize_images(batch["image"], input_normalization(config), dtype)
 
     def loss_fn(params):
       model = nnx.merge(graphs.train, params, state.model_state)
       logits, outputs = forward(model, images, config)
-      task_loss = jnp.mean(cross_entropy(logits, batch["label"], config.label_smoothing))
+      task_loss = jnp.mean(cross_entropy(logits, batch["label"], config.label_smoothing, config.loss))
       loss = task_loss
       if config.dbort_lambda > 0:
         loss = loss + bort_jax.dbort_loss(outputs, config.dbort_lambda, config.dbort_beta)
@@ -172,11 +185,10 @@ def make_eval_step(graphs: ModelGraphs, config: ml_collections.ConfigDict):
 
   def eval_step(params, model_state, batch):
     model = nnx.merge(graphs.eval, params, model_state)
-    logits, _ = forward(model, normalize_images(batch["image"], data_lib.normalization(config.dataset), dtype),
-                        config)
+    logits, _ = forward(model, normalize_images(batch["image"], input_normalization(config), dtype), config)
     mask = batch["mask"].astype(jnp.float32)
     return {
-        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+        "loss": jnp.sum(cross_entropy(logits, batch["label"], loss=config.loss) * mask),
         "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
         "count": jnp.sum(mask),
     }

@@ -30,6 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_classes = 0  # 0: the dataset's (10 for the local datasets, the TFDS metadata otherwise).
   c.train_limit = 0  # keep only the first N training examples (0: all), for smoke tests.
   c.data_workers = 0  # grain worker processes that read and augment (0: the training process does).
+  c.normalize = True  # False: pixels enter as x / 255 in [0, 1] (nets explained on raw pixels).
 
   # Optimizer: "sgd" | "bort_sgd" | "adamw" | "bort_adamw".
   c.optimizer = "sgd"
@@ -57,6 +58,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dbort_beta = 0.1
 
   # Loss and loop.
+  c.loss = "cross_entropy"  # "cross_entropy" (softmax) | "bcos_bce" (B-cos: sigmoid BCE against one-hot labels).
   c.label_smoothing = 0.0
   c.batch_size = 128
   c.eval_batch_size = 1000

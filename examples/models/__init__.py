@@ -12,6 +12,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from flax import nnx
 
+from examples.models.explain import BcosNet, ConvNet
 from examples.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from examples.models.small import LeNet5, MLP
 from examples.models.vgg import VGG16
@@ -34,6 +35,10 @@ class ModelSpec(NamedTuple):
 MODELS = {
     "mlp": ModelSpec(MLP, sows_outputs=True),
     "lenet5": ModelSpec(LeNet5, sows_outputs=True),
+    # The explainability report's nets (with "mlp"): pixels in [0, 1], read whole grids (examples/models/explain.py).
+    "explain_cnn": ModelSpec(ConvNet, sows_outputs=True),
+    "bcos_mlp": ModelSpec(functools.partial(BcosNet, arch="mlp")),
+    "bcos_cnn": ModelSpec(functools.partial(BcosNet, arch="cnn")),
     "resnet18": ModelSpec(functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic", stem="cifar")),
     "resnet20": ModelSpec(functools.partial(ResNet, stage_sizes=(3, 3, 3), block="basic", widths=(16, 32, 64),
                                             stem="cifar")),

@@ -57,6 +57,7 @@ BAD_VALUES = [
     ("dataset", "svhn", "'mnist'"),
     ("lr_schedule", "step", "'cosine', 'constant'"),
     ("augment", "autoaugment", "'none', 'cifar', 'imagenet'"),
+    ("loss", "hinge", "'cross_entropy', 'bcos_bce'"),
     ("bort_mode", "l3-full", "'l2-full'"),
     ("learning_rate", -0.1, "a float > 0"),
     ("gamma", -1.0, "a float >= 0"),

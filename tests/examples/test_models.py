@@ -70,7 +70,11 @@ SMALL = {
     "deit_s": ((1, 32, 32, 3), dict(image_size=32, dim=24, depth=1)),
     "vit_b16": ((1, 32, 32, 3), dict(image_size=32, dim=24, depth=1)),
     "vit_tiny": ((2, 32, 32, 3), dict(dim=24, depth=1)),
+    "explain_cnn": ((2, 28, 28, 1), dict(channels=(4, 4), strides=(2, 1))),
+    "bcos_mlp": ((2, 28, 28, 1), dict(widths=(8,), image_shape=(28, 28, 1))),
+    "bcos_cnn": ((2, 28, 28, 1), dict(widths=(4, 4), strides=(2, 1), image_shape=(28, 28, 1))),
 }
+BIAS_FREE = {"bcos_mlp", "bcos_cnn"}  # B-cos layers have no bias: use_bias=True is refused
 
 
 def _small(name, seed=0, **kw):
@@ -132,13 +136,13 @@ def test_bias_free_variant_forward_shape(name):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_weights_are_kernels_and_match_the_default_bort_mask(name):
-  params = nnx.state(_abstract(name, **SMALL[name][1]), nnx.Param)
+  params = nnx.state(_abstract(name, use_bias=name not in BIAS_FREE, **SMALL[name][1]), nnx.Param)
   flat = [("/".join(str(k) for k in path), leaf.get_value().ndim) for path, leaf in nnx.to_flat_state(params)]
   for path, ndim in flat:
     assert re.search(r"(^|/)(kernel|embedding|scale|bias)$", path), path
     if re.search(r"(kernel|embedding)$", path):
       assert ndim >= 2, path
-  assert any(path.endswith("bias") for path, _ in flat)  # use_bias=True keeps the biases
+  assert any(path.endswith("bias") for path, _ in flat) == (name not in BIAS_FREE)  # use_bias=True keeps them
   mask = [bool(v) for v in jax.tree.leaves(bort_jax.kernel_mask(params))]
   assert mask == [path.endswith("kernel") for path, _ in flat]
 
@@ -151,7 +155,7 @@ def test_real_forward_is_finite(name):
   assert logits.shape == (x.shape[0], 10) and np.all(np.isfinite(logits))
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet5"])
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "explain_cnn"])
 def test_bias_free_relu_nets_are_positively_homogeneous(name):
   """Without biases, ReLU + max-pool networks satisfy f(3x) = 3 f(x)."""
   model, x = _small(name, use_bias=False)
@@ -180,6 +184,23 @@ def test_lenet5_capture_names_every_layer():
   shapes = {k: sown[k]["preact"][0].shape for k in ("conv1", "conv2", "fc1", "fc2", "fc3")}
   assert shapes == {"conv1": (2, 28, 28, 6), "conv2": (2, 10, 10, 16), "fc1": (2, 120), "fc2": (2, 84),
                     "fc3": (2, 10)}
+
+
+def test_explain_cnn_sows_every_preactivation_and_pools_the_class_maps():
+  model, x = _small("explain_cnn", use_bias=False, capture=True)
+  logits, sown = nnx.capture(model, nnx.Intermediate)(x)
+  sown = nnx.to_pure_dict(sown)
+  assert [sown["convs"][i]["preact"][0].shape for i in (0, 1)] == [(2, 14, 14, 4), (2, 14, 14, 4)]
+  np.testing.assert_allclose(sown["head"]["preact"][0].mean((1, 2)), logits, rtol=1e-6)
+  np.testing.assert_allclose(model.features(x, 1), jax.nn.relu(sown["convs"][0]["preact"][0]), rtol=1e-6)
+
+
+def test_bcos_net_reads_raw_images_through_the_input_encoding():
+  from bort_jax.explain import bcos
+  model, x = _small("bcos_cnn", use_bias=False)
+  np.testing.assert_allclose(model(x), model.net(bcos.encode_input(x)), rtol=1e-6)
+  with pytest.raises(ValueError, match="use_bias must be False for a B-cos net"):
+    _abstract("bcos_mlp", **SMALL["bcos_mlp"][1])
 
 
 def test_batchnorm_train_updates_running_stats_and_eval_freezes_them():

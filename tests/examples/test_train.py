@@ -90,6 +90,18 @@ def test_on_device_normalization_of_a_real_batch():
     train.normalize_images(jnp.asarray(batch["image"]), data_lib.normalization("cifar10"))
 
 
+def test_bcos_loss_and_raw_pixels_options():
+  """config.loss="bcos_bce" is the B-cos authors' loss per example; config.normalize=False feeds x / 255."""
+  from bort_jax.explain import bcos
+  rng = np.random.default_rng(0)
+  logits, labels = jnp.asarray(rng.normal(size=(5, 10)), jnp.float32), jnp.asarray(rng.integers(0, 10, 5))
+  np.testing.assert_allclose(jnp.mean(train.cross_entropy(logits, labels, loss="bcos_bce")),
+                             bcos.bcos_bce_loss(logits, labels), rtol=1e-6)
+  images = _batch(rng)["image"]
+  raw = train.normalize_images(jnp.asarray(images), train.input_normalization(_tiny_mlp_config(normalize=False)))
+  np.testing.assert_allclose(raw, images.astype(np.float32) / 255.0, rtol=1e-6)  # XLA may round x / 255 by 1 ulp
+
+
 def test_schedule_warmup_then_cosine():
   config = _tiny_mlp_config(lr_schedule="cosine", warmup_epochs=1.0, num_epochs=3, learning_rate=0.3)
   lr = optimizers.learning_rate_schedule(config, steps_per_epoch=10)

@@ -2,14 +2,15 @@
 protocol in each caption, figure files; the benchmark's claims section and its per-run cache."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples import explain_protocol
 from benchmarks import explain_tables
+from examples import explain_protocol
 
 
 def _results():
@@ -187,69 +188,67 @@ def test_claims_section_checks_bort_against_sgd_and_dbort():
   assert "- NOT MEASURED — Bort PSNR > SGD PSNR (fc1): 13.00 vs nan dB" in lines
 
 
-def test_benchmark_cache_round_trips_params_and_rejects_other_options(tmp_path):
+def _report_argv(tmp_path):
+  """A report on 256 MNIST training images (the embedded subset), tiny nets, a few images per metric."""
+  with np.load(pathlib.Path(explain_protocol.__file__).parent / "assets" / "mnist_small.npz") as d:
+    (tmp_path / "data").mkdir()
+    np.savez(tmp_path / "data" / "mnist.npz", x_train=d["x_train"][:256], y_train=d["y_train"][:256],
+             x_test=d["x_test"][:200], y_test=d["y_test"][:200])
+  return ["--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+          "--arch", "cnn", "--widths", "4", "4", "--strides", "2", "1", "--seeds", "0", "--kinds", "sgd", "bort",
+          "--epochs", "2", "--batch-size", "64", "--num-grids", "2", "--num-eval", "4", "--num-big", "2",
+          "--ig-steps", "2", "--boundary-epsilons", "1.0"]
+
+
+def test_report_trains_with_the_example_trainer_resumes_it_and_reuses_finished_runs(tmp_path, capsys):
   pytest.importorskip("flax")
-  from flax import nnx
   from benchmarks import explain_report
-  args = explain_report.parse_args(["--arch", "cnn", "--widths", "4", "4", "--strides", "2", "1"])
+  from examples import train
+  argv = _report_argv(tmp_path)
+  args = explain_report.parse_args(argv)
   args.image_shape = (28, 28, 1)
-  trained = explain_report.build_model("sgd", 0, args)
-  explain_report.save_params(trained, tmp_path / "p.npz")
-  fresh = explain_report.load_params(explain_report.build_model("sgd", 1, args), tmp_path / "p.npz")
-  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(trained)),
-               nnx.to_pure_dict(nnx.state(fresh)))
-  with pytest.raises(ValueError, match="other shapes"):
-    explain_report.load_params(explain_report.build_model("bcos", 0, args), tmp_path / "p.npz")
+  bort_dir = tmp_path / "cache" / "mnist_cnn" / "bort_seed0"
+  # Interrupted after 6 of 8 steps: the trainer's checkpoint of epoch 1 (step 4) is what the report continues from.
+  cut = explain_report.run_config("bort", 0, args)
+  cut.stop_after_steps = 6
+  assert train.train_and_evaluate(cut, str(bort_dir), data_dir=args.data_dir)[1]["status"] == "stopped"
+  epoch_one = (bort_dir / "metrics.jsonl").read_text()
+
+  explain_report.main(argv)
+  out = capsys.readouterr().out
+  assert "bort_seed0: continuing from its last checkpoint" in out and "epoch 1:" not in out.split("bort_seed0")[1]
+  assert (bort_dir / "metrics.jsonl").read_text().startswith(epoch_one)   # epoch 1 was not trained again
+  for kind in ("sgd", "bort"):
+    results = json.loads((bort_dir.parent / f"{kind}_seed0" / "results.json").read_text())
+    assert results["status"] == "completed" and results["step"] == 8 and results["model"] == "explain_cnn"
+  report = json.loads((tmp_path / "out" / "explain_mnist_cnn.json").read_text())
+  assert [(r["model"], r["seed"]) for r in report["results"]] == [("sgd", 0), ("bort", 0)]
+  assert "train_seconds" in report["results"][1]["metrics"] and report["config"]["epochs"] == 2
+  assert (tmp_path / "out" / "explain_mnist_cnn.md").read_text().startswith("# Explainability on MNIST (CNN)")
+
+  saved = {p: p.read_bytes() for p in bort_dir.parent.glob("*/*.json*") if p.name != "config.json"}
+  checkpoints = sorted(p.name for p in bort_dir.glob("checkpoints/*"))
+  explain_report.main(argv)
+  out = capsys.readouterr().out
+  assert "sgd_seed0: trained (cached" in out and "bort_seed0: trained (cached" in out
+  assert "sgd seed 0: cached" in out and "bort seed 0: cached" in out and "epoch 1:" not in out
+  assert {p: p.read_bytes() for p in saved} == saved                     # results, metrics and evaluations kept
+  assert sorted(p.name for p in bort_dir.glob("checkpoints/*")) == checkpoints
+
+
+def test_report_trains_again_a_run_saved_with_other_settings(tmp_path):
+  pytest.importorskip("flax")
+  from benchmarks import explain_report
+  args = explain_report.parse_args(_report_argv(tmp_path))
+  args.image_shape = (28, 28, 1)
+  config = explain_report.run_config("bort", 0, args)
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / "config.json").write_text(json.dumps(config.to_dict() | {"learning_rate": 1.0,
+                                                                                "stop_after_steps": 3}))
+  assert explain_report._changed_fields(config, tmp_path / "run") == ["learning_rate"]
+  assert explain_report._changed_fields(config, tmp_path / "elsewhere") == []
   protocol = explain_report.protocol(vars(args) | {"seeds": [0], "out": "x"})
   assert "seeds" not in protocol and "out" not in protocol and protocol["alpha"] == "adaptive"
-  explain_report.save_result(tmp_path, "sgd", 0, protocol, {"accuracy": 0.5})
-  assert explain_report.cached_result(tmp_path, "sgd", 0, protocol) == {"accuracy": 0.5}
-  assert explain_report.cached_result(tmp_path, "sgd", 0, protocol | {"epochs": 9}) is None
-  assert explain_report.cached_result(tmp_path, "bort", 0, protocol) is None
-
-
-class _InterruptedImages:
-  """Training images that raise KeyboardInterrupt on the first batch of epoch ``stop_epoch`` (1-based)."""
-
-  def __init__(self, images, batches_per_epoch, stop_epoch):
-    self.images, self.calls, self.limit = images, 0, batches_per_epoch * (stop_epoch - 1)
-
-  def __len__(self):
-    return len(self.images)
-
-  def __getitem__(self, index):
-    self.calls += 1
-    if self.calls > self.limit:
-      raise KeyboardInterrupt
-    return self.images[index]
-
-
-@pytest.mark.parametrize("kind", ["bort", "bcos"])
-def test_benchmark_training_continues_after_an_interruption_with_the_same_result(tmp_path, kind, capsys):
-  pytest.importorskip("flax")
-  from flax import nnx
-  from benchmarks import explain_report
-  args = explain_report.parse_args(["--arch", "cnn", "--widths", "4", "4", "--strides", "2", "1", "--epochs", "3",
-                                    "--batch-size", "16"])
-  args.image_shape = (28, 28, 1)
-  rng = np.random.default_rng(0)
-  x, y = rng.uniform(size=(48, 28, 28, 1)).astype(np.float32), rng.integers(0, 10, 48)
-  protocol = explain_report.protocol(vars(args))
-  straight, _ = explain_report.train(kind, 0, x, y, args)
-  checkpoint = tmp_path / f"{kind}.epoch.npz"
-  with pytest.raises(KeyboardInterrupt):
-    explain_report.train(kind, 0, _InterruptedImages(x, 3, stop_epoch=3), y, args, checkpoint, protocol)
-  with np.load(checkpoint) as saved:
-    assert int(saved["epoch"]) == 2
-  assert explain_report.train(kind, 0, x, y, args, checkpoint, protocol | {"lr": 1.0})[0] is not None
-  assert "saved with other options; training from the start" in capsys.readouterr().out
-  with pytest.raises(KeyboardInterrupt):
-    explain_report.train(kind, 0, _InterruptedImages(x, 3, stop_epoch=3), y, args, checkpoint, protocol)
-  resumed, _ = explain_report.train(kind, 0, x, y, args, checkpoint, protocol)
-  capsys.readouterr()
-  # The last epoch stays saved until the caller has the result: a kill during evaluation keeps the training.
-  again, _ = explain_report.train(kind, 0, x, y, args, checkpoint, protocol)
-  assert ": loss" not in capsys.readouterr().out              # no epoch trained again
-  for model in (resumed, again):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-                 nnx.to_pure_dict(nnx.state(straight)), nnx.to_pure_dict(nnx.state(model)))
+  explain_report.save_result(tmp_path, protocol, {"accuracy": float("nan")})
+  assert np.isnan(explain_report.cached_result(tmp_path, protocol)["accuracy"])
+  assert explain_report.cached_result(tmp_path, protocol | {"num_grids": 9}) is None
