@@ -25,8 +25,8 @@ if typing.TYPE_CHECKING:  # gamma_sweep imports this module at load time; only t
 
 # PSNR used for the "most explainable" selection: raw for the MLP (1/∏α is its exact inverse scale when the
 # layers are orthogonal); fitted for LeNet-5, whose overlapping 5×5 patches and pooling make 1/∏α only an
-# estimate (as in benchmarks/explain_report.py).
-PSNR_METRIC = {"mlp": "psnr", "lenet5": "psnr_fitted"}
+# estimate (as in benchmarks/explain_report.py); fitted for ResNet / ViT, whose residual paths leave 1/∏α undefined.
+PSNR_METRIC = {"mlp": "psnr", "lenet5": "psnr_fitted", "resnet20": "psnr_fitted", "vit_tiny": "psnr_fitted"}
 
 
 # -------------------------------------------------------------------------------------------- selection
