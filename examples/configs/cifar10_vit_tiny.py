@@ -8,7 +8,7 @@ Baselines are standard recipes, not tuned here:
 
 - adamw: DeiT (Touvron et al., 2021): AdamW lr 5e-4 per 512 images (1.25e-4 at batch 128), weight decay
   0.05, label smoothing 0.1, linear warmup then cosine decay. The warmup is 1 epoch instead of 5 of 300 (the
-  budget is 15 epochs); RandAugment, Mixup/CutMix, random erasing and stochastic depth are not used (the
+  budget is 10 epochs); RandAugment, Mixup/CutMix, random erasing and stochastic depth are not used (the
   pipeline has pad-4 crop + flip).
 - sgd: lr 0.05, momentum 0.9, weight decay 1e-4 (`imagenet_deit_s.py`'s SGD recipe scaled to batch 128).
 
@@ -19,7 +19,9 @@ AdamW l1-full, α = 1, γ = 50, between the MNIST LeNet-5 sweep's AdamW choice a
 = 12) and the SGD↔AdamW rule of `default.py` from its SGD choice (0.03 · 0.1 / (0.1 · 1.25e-4) = 240); SGD
 γ = 0.03 as there.
 
-15 epochs, float32 (CPU; `benchmarks/results/cifar10_plan.md` has the measured speed and the budget).
+10 epochs (the issue's minimum; `benchmarks/results/cifar10_plan.md` has the measured speed and the CPU budget),
+float32: bf16 compute measured 1.15-1.3x faster for ResNet-20 and 1.15x slower for the ViT on this CPU, and one
+precision keeps every CIFAR row and the MNIST evidence comparable.
 """
 
 from examples.configs import default
@@ -38,9 +40,9 @@ def get_config(recipe: str = "bort_adamw"):
   c.augment = "cifar"
   c.batch_size = 128
   c.eval_batch_size = 1000
-  c.num_epochs = 15
+  c.num_epochs = 10
   c.warmup_epochs = 1.0
   c.label_smoothing = 0.1
   c.half_precision = False
-  c.checkpoint_every_steps = 50  # ~1.5 min of CPU training between checkpoints
+  c.checkpoint_every_steps = 50  # 2-3 min of training on the shared 2-core CPU: a kill loses little
   return default.apply_recipe(c, RECIPES, recipe)
