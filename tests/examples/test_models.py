@@ -249,12 +249,13 @@ def _sown(model, x):
   return logits, {_path(p[:-2]): y for p, y in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(sown))[0]}
 
 
-@pytest.mark.parametrize("name", ["resnet20", "resnet50", "vit_tiny"])
-def test_capture_sows_the_preactivation_of_every_constrained_kernel(name):
+@pytest.mark.parametrize("name,kw", [("resnet20", {}), ("resnet50", {"stage_sizes": (1, 1), "widths": (4, 8)}),
+                                     ("vit_tiny", {})])
+def test_capture_sows_the_preactivation_of_every_constrained_kernel(name, kw):
   """One sown output per Bort-constrained kernel, each linear in that kernel: y = x M + b with x independent
   of M (the derivative along M itself is y - b); capturing leaves the logits unchanged."""
-  model, x = _small(name, capture=True)
-  plain, _ = _small(name)
+  model, x = _small(name, capture=True, **kw)
+  plain, _ = _small(name, **kw)
   logits, sown = _sown(model, x)
   np.testing.assert_array_equal(logits, plain(x))
   np.testing.assert_allclose(sown["head"], logits, rtol=1e-6)
