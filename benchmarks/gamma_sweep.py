@@ -38,7 +38,17 @@ four within about 11 at that load (the first MNIST-MLP sweep, under lighter load
 and 25-35 s per Bort run at 10 epochs: ≈ 40 min). The committed tables of `mnist_table.py` train 15 / 10 epochs; the shorter budgets
 lower absolute accuracy a little (LeNet-5 ≈ 99.0 % instead of 99.2 % on MNIST) but every optimizer gets the
 same budget, which is what the comparison needs. `--epochs` and `--train-limit` shrink runs for smoke tests.
-CIFAR-10 is not swept: a CNN sweep would not fit this CPU budget, and the shared copy is JPEG-compressed.
+
+CIFAR-10 (`--dataset cifar10 --model resnet20 | vit_tiny`, issue 19). The baselines are the configs' standard
+recipes (He et al. SGD for ResNet-20, DeiT AdamW for the ViT; a one-point grid, not tuned), the families are
+SGD for ResNet-20 and AdamW for the ViT (`--families` adds the other), and γ takes 4 values around the
+prediction of `examples/configs/cifar10_*.py` (`CIFAR_GAMMAS`) in the MNIST sweeps' selected mode and α
+(l1-full, α = 1), at `EPOCHS` reduced epochs on the held-out split. The selection rule is stated before any
+run: the `final` choices are the baseline's validation accuracy, the Bort γ with the best validation
+accuracy, and the Bort γ with the highest validation PSNR (fitted scale, last feature stage) whose
+validation accuracy is within one binomial standard error of the baseline's (`gamma_sweep_report.select`).
+The test split is never read before the `final` stage. The shared `cifar10.npz` is JPEG-compressed: its
+numbers check the pipeline and the selection, they are not publishable CIFAR-10 results.
 """
 
 import argparse
@@ -63,14 +73,18 @@ from bort_jax.explain import reconstruction
 from examples import data as data_lib
 from examples import models as models_lib
 from examples import train
+from examples.configs import cifar10_resnet20
+from examples.configs import cifar10_vit_tiny
 from examples.configs import mnist_lenet
 from examples.configs import mnist_mlp
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
 # CLI model name -> (trainer model name, config module whose baseline recipes (momentum, b1/b2) are used).
-MODELS = {"mlp": ("mlp", mnist_mlp), "lenet": ("lenet5", mnist_lenet)}
-EPOCHS = {"mlp": 10, "lenet": 3}  # see "Epoch budget" above
+MODELS = {"mlp": ("mlp", mnist_mlp), "lenet": ("lenet5", mnist_lenet), "resnet20": ("resnet20", cifar10_resnet20),
+          "vit_tiny": ("vit_tiny", cifar10_vit_tiny)}
+CIFAR_MODELS = ("resnet20", "vit_tiny")
+EPOCHS = {"mlp": 10, "lenet": 3, "resnet20": 2, "vit_tiny": 2}  # see "Epoch budget" above and cifar10_plan.md
 FAMILIES = ("sgd", "adamw")
 BASELINE_GRID = {
     "sgd": {"learning_rate": (0.02, 0.05, 0.1), "weight_decay": (1e-4, 5e-4)},
@@ -80,10 +94,24 @@ BASELINE_GRID = {
 # learning rates (0.05 with momentum 0.9, 1e-3) equal corrections need γ_adamw = 500 γ_sgd, hence the grids.
 GAMMAS = {"sgd": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
           "adamw": (0.05, 0.15, 0.5, 1.5, 5.0, 15.0, 50.0)}
+# Quarter-to-half-decade steps around each config's predicted γ (see its docstring): SGD from the MNIST LeNet-5
+# choice at the same lr and momentum (0.03) down towards its AdamW choice at equal lr·γ; AdamW between that
+# choice at equal lr·γ and the SGD↔AdamW rule of examples/configs/default.py.
+CIFAR_GAMMAS = {"resnet20": {"sgd": (3e-3, 1e-2, 3e-2, 1e-1), "adamw": (1.5, 5.0, 15.0, 50.0)},
+                "vit_tiny": {"sgd": (3e-3, 1e-2, 3e-2, 1e-1), "adamw": (5.0, 15.0, 50.0, 150.0)}}
+CIFAR_FAMILIES = {"resnet20": ("sgd",), "vit_tiny": ("adamw",)}
 ALPHAS = ("1", "adaptive")
 MODES = ("l2-full", "l1-full")
-# Kernels whose ReLU outputs are the feature depths, in forward order; the last is "the last feature layer".
-FEATURE_LAYERS = {"mlp": ("layers/0", "layers/1"), "lenet5": ("conv1", "conv2", "fc1", "fc2")}
+# Feature depths in forward order; the last is "the last feature layer". MNIST models: kernels whose ReLU
+# outputs are the features; ResNet / ViT: the model's `features` (last stage / final LayerNorm tokens).
+FEATURES = "features"
+FEATURE_LAYERS = {"mlp": ("layers/0", "layers/1"), "lenet5": ("conv1", "conv2", "fc1", "fc2"),
+                  "resnet20": (FEATURES,), "vit_tiny": (FEATURES,)}
+RECONSTRUCTION_BATCH = 100
+SELECTION_RULE = ("on the validation (holdout) split only: the baseline with the best accuracy; the Bort setting "
+                  "with the best accuracy; the Bort setting with the highest PSNR whose accuracy is at least the "
+                  "baseline's minus --tolerance (default one binomial standard error); these alone go to the test "
+                  "split (stage final)")
 NUM_RECONSTRUCTED = 1000
 HOLDOUT = data_lib.HOLDOUT_SPLIT
 
@@ -171,6 +199,18 @@ class Sweep:
     return report.PSNR_METRIC[self.model]
 
   @property
+  def augment(self) -> str:
+    return MODELS[self.cli_model][1].get_config().augment
+
+  @property
+  def note(self) -> str:
+    if self.cli_model not in CIFAR_MODELS:
+      return ""
+    return ("Baselines: the config's standard recipe (one grid point, not tuned); the test-split comparison is "
+            "`benchmarks/cifar_table.py` (`benchmarks/results/cifar10_plan.md`). The shared `cifar10.npz` is a "
+            "JPEG-compressed copy: these numbers check the pipeline and the selection, they are not publishable.")
+
+  @property
   def feature_layer(self) -> str:
     return FEATURE_LAYERS[self.model][-1]
 
@@ -233,6 +273,7 @@ class Sweep:
   def run_all(self, settings: Sequence[Setting]):
     done = {r["key"] for r in jsonl_records.read_records(self.jsonl)}
     todo = [s for s in settings if s.key not in done]
+    print(f"{self.name}: selection rule, fixed before the runs: {SELECTION_RULE}", flush=True)
     print(f"{self.name}: {len(settings) - len(todo)} of {len(settings)} settings already finished, "
           f"{len(todo)} to run", flush=True)
     for i, setting in enumerate(todo, 1):
@@ -254,7 +295,7 @@ def make_config(setting: Setting, cli_model: str) -> ml_collections.ConfigDict:
       learning_rate=float(setting.learning_rate), weight_decay=float(setting.weight_decay), seed=setting.seed,
       eval_split=setting.split, num_epochs=setting.epochs, warmup_epochs=min(0.5, setting.epochs / 4),
       batch_size=setting.batch_size, eval_batch_size=1000, train_limit=setting.train_limit,
-      checkpoint_every_steps=0, keep_checkpoints=1, progress_bar=False))
+      keep_checkpoints=1, progress_bar=False))
   if setting.is_bort:
     config.update(dict(gamma=float(setting.gamma), alpha=1.0, adaptive_alpha=setting.alpha == "adaptive",
                        bort_mode=setting.mode, bort_rules=()))
@@ -272,36 +313,45 @@ def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.Train
                            ) -> dict[str, dict[str, float]]:
   """Reconstruction MSE / PSNR / fitted PSNR from every feature depth of the trained model, on `images`.
 
-  Features are the ReLU outputs of the layers in `FEATURE_LAYERS`, read from the model's sown
-  pre-activations (`capture=True`, the DBort hook), so the model's own forward pass is differentiated. The
-  inputs are the normalized images the model sees; PSNR uses their range 1/std as the peak, i.e. it equals
-  the PSNR in [0, 1] pixel space.
+  MNIST models: the features are the ReLU outputs of the layers in `FEATURE_LAYERS`, read from the model's
+  sown pre-activations (`capture=True`, the DBort hook), and x̂ is scaled by 1/∏α of those layers. ResNet /
+  ViT: the model's `features` (last stage), scale 1, so only the fitted PSNR is meaningful. The model's own
+  forward pass is differentiated, on the normalized images it sees; errors are measured in [0, 1] pixel space
+  (each channel's difference times its std), where the peak is 1. Means over the first `NUM_RECONSTRUCTED`
+  images, in batches of `RECONSTRUCTION_BATCH`.
   """
   stats = data_lib.normalization(config.dataset)
-  if len(stats.std) != 1:
-    raise ValueError(f"config.dataset={config.dataset!r} is not accepted; accepted values: grayscale datasets.")
   model = models_lib.create_model(config.model, num_classes=10, rngs=nnx.Rngs(0), use_bias=config.use_bias,
                                   capture=True, **dict(config.model_kwargs))
   model.eval()
   graph = nnx.split(model, nnx.Param, ...)[0]
   layers = FEATURE_LAYERS[config.model]
+  std = jnp.asarray(stats.std, jnp.float32)
 
   def features_fn(layer):
-    def fn(params, x):
+    def fn(params, pixels):  # pixels: normalized images times std, so that x̂ comes out in pixel units
       net = nnx.merge(graph, params, state.model_state)
-      _, sown = nnx.capture(net, nnx.Intermediate)(x)
+      if layer == FEATURES:
+        return nnx.capture(lambda m, x: m.features(x), nnx.Intermediate)(net, pixels / std)[0]
+      _, sown = nnx.capture(net, nnx.Intermediate)(pixels / std)
       return jax.nn.relu(_lookup(nnx.to_pure_dict(sown), layer)["preact"][0])
     return fn
 
   @jax.jit
   def measure(params, x):
-    scales = reconstruction.depth_scales([_lookup(params, layer)["kernel"] for layer in layers])
-    return reconstruction.reconstruction_by_depth({l: features_fn(l) for l in layers}, params, x,
-                                                  dict(zip(layers, scales)), peak=1.0 / stats.std[0])
+    # J over pixels is J over normalized inputs divided by std: std² turns x̂ into the normalized x̂ times std.
+    scales = (jnp.ones(1) if layers == (FEATURES,)
+              else reconstruction.depth_scales([_lookup(params, layer)["kernel"] for layer in layers]))
+    return reconstruction.reconstruction_by_depth({l: features_fn(l) for l in layers}, params, x * std,
+                                                  {l: s * std ** 2 for l, s in zip(layers, scales)})
 
   x = train.normalize_images(jnp.asarray(images[:NUM_RECONSTRUCTED]), stats)  # what the trainer feeds
-  out = jax.device_get(measure(jax.device_get(state.params), x))
-  return {layer: {k: float(v) for k, v in m.items()} for layer, m in out.items()}
+  params = jax.device_get(state.params)
+  parts = [jax.device_get(measure(params, x[i:i + RECONSTRUCTION_BATCH]))
+           for i in range(0, len(x), RECONSTRUCTION_BATCH)]
+  sizes = [min(RECONSTRUCTION_BATCH, len(x) - i) for i in range(0, len(x), RECONSTRUCTION_BATCH)]
+  return {layer: {k: float(np.average([p[layer][k] for p in parts], weights=sizes)) for k in parts[0][layer]}
+          for layer in layers}
 
 
 def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_dir: str | None,
@@ -311,6 +361,8 @@ def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_di
   run_dir = workdir / setting.dirname
   start = time.time()
   state, results = train.train_and_evaluate(config, str(run_dir), resume=True, data_dir=data_dir)
+  if results["status"] == "diverged":  # no accuracy to record: say so and stop rather than log a fake number
+    raise SystemExit(f"{setting.key}: {results['diverged']['message']} Drop this setting from the sweep grid.")
   eval_images, eval_labels = data_lib.as_arrays(train.load_splits(config, data_dir)[1])
   recon = reconstruction_metrics(config, state, eval_images)
   last = recon[FEATURE_LAYERS[setting.model][-1]]
@@ -334,16 +386,17 @@ def parse_args(argv=None):
   parser.add_argument("--dataset", default="mnist", choices=DATASETS)
   parser.add_argument("--model", default="mlp", choices=tuple(MODELS))
   parser.add_argument("--stage", default="all", choices=("baselines", "bort", "final", "report", "all"))
-  parser.add_argument("--epochs", type=int, help="Epochs per run (default: 10 for mlp, 3 for lenet).")
+  parser.add_argument("--epochs", type=int, help=f"Epochs per run (default: {EPOCHS}).")
   parser.add_argument("--train-limit", type=int, default=0, help="Keep the first N training images (smoke runs).")
   parser.add_argument("--batch-size", type=int, default=128)
-  parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+  # Grid defaults depend on --model (`model_defaults`).
+  parser.add_argument("--families", nargs="+", choices=FAMILIES)
   for family in FAMILIES:
-    parser.add_argument(f"--{family}-lrs", type=float, nargs="+", default=list(BASELINE_GRID[family]["learning_rate"]))
-    parser.add_argument(f"--{family}-wds", type=float, nargs="+", default=list(BASELINE_GRID[family]["weight_decay"]))
-    parser.add_argument(f"--{family}-gammas", type=float, nargs="+", default=list(GAMMAS[family]))
-  parser.add_argument("--alphas", nargs="+", default=list(ALPHAS), choices=ALPHAS)
-  parser.add_argument("--modes", nargs="+", default=list(MODES))
+    parser.add_argument(f"--{family}-lrs", type=float, nargs="+")
+    parser.add_argument(f"--{family}-wds", type=float, nargs="+")
+    parser.add_argument(f"--{family}-gammas", type=float, nargs="+")
+  parser.add_argument("--alphas", nargs="+", choices=ALPHAS)
+  parser.add_argument("--modes", nargs="+")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of the final stage.")
   parser.add_argument("--tolerance", type=float,
                       help="Accuracy (fraction) Bort may lose against the baseline on validation and still count as "
@@ -358,13 +411,32 @@ def parse_args(argv=None):
   return parser.parse_args(argv)
 
 
-def sweep_from_args(args, command: str) -> Sweep:
-  grid = {f: {"learning_rate": tuple(getattr(args, f"{f}_lrs")), "weight_decay": tuple(getattr(args, f"{f}_wds"))}
+def model_defaults(cli_model: str) -> dict:
+  """The sweep grid of a model when no flag overrides it: MNIST models the full grids above; CIFAR models their
+  config's standard baseline recipe (one point), `CIFAR_GAMMAS` and the MNIST sweeps' mode and α."""
+  if cli_model not in CIFAR_MODELS:
+    return {"families": FAMILIES, "grid": BASELINE_GRID, "gammas": GAMMAS, "alphas": ALPHAS, "modes": MODES}
+  recipes = MODELS[cli_model][1].RECIPES
+  grid = {f: {"learning_rate": (recipes[f]["learning_rate"],), "weight_decay": (recipes[f]["weight_decay"],)}
           for f in FAMILIES}
+  return {"families": CIFAR_FAMILIES[cli_model], "grid": grid, "gammas": CIFAR_GAMMAS[cli_model], "alphas": ("1",),
+          "modes": ("l1-full",)}
+
+
+def sweep_from_args(args, command: str) -> Sweep:
+  if (args.dataset == "cifar10") != (args.model in CIFAR_MODELS):
+    raise SystemExit(f"--model {args.model} is not accepted with --dataset {args.dataset}; accepted values: "
+                     f"{', '.join(CIFAR_MODELS) if args.dataset == 'cifar10' else 'mlp, lenet'}.")
+  defaults = model_defaults(args.model)
+  pick = lambda value, default: tuple(default if value is None else value)
+  grid = {f: {k: pick(getattr(args, f"{f}_{flag}"), defaults["grid"][f][k])
+              for k, flag in (("learning_rate", "lrs"), ("weight_decay", "wds"))} for f in FAMILIES}
   return Sweep(dataset=args.dataset, cli_model=args.model, epochs=args.epochs or EPOCHS[args.model],
-               batch_size=args.batch_size, train_limit=args.train_limit, families=tuple(args.families), grid=grid,
-               gammas={f: tuple(getattr(args, f"{f}_gammas")) for f in FAMILIES}, alphas=tuple(args.alphas),
-               modes=tuple(args.modes), seeds=tuple(args.seeds), tolerance=args.tolerance,
+               batch_size=args.batch_size, train_limit=args.train_limit,
+               families=pick(args.families, defaults["families"]), grid=grid,
+               gammas={f: pick(getattr(args, f"{f}_gammas"), defaults["gammas"][f]) for f in FAMILIES},
+               alphas=pick(args.alphas, defaults["alphas"]), modes=pick(args.modes, defaults["modes"]),
+               seeds=tuple(args.seeds), tolerance=args.tolerance,
                out=pathlib.Path(args.out), workdir=pathlib.Path(args.workdir), data_dir=args.data_dir,
                command=command, keep_workdirs=args.keep_workdirs)
 

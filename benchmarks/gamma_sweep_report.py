@@ -25,8 +25,8 @@ if typing.TYPE_CHECKING:  # gamma_sweep imports this module at load time; only t
 
 # PSNR used for the "most explainable" selection: raw for the MLP (1/∏α is its exact inverse scale when the
 # layers are orthogonal); fitted for LeNet-5, whose overlapping 5×5 patches and pooling make 1/∏α only an
-# estimate (as in benchmarks/explain_report.py).
-PSNR_METRIC = {"mlp": "psnr", "lenet5": "psnr_fitted"}
+# estimate (as in benchmarks/explain_report.py); fitted for ResNet / ViT, whose residual paths leave 1/∏α undefined.
+PSNR_METRIC = {"mlp": "psnr", "lenet5": "psnr_fitted", "resnet20": "psnr_fitted", "vit_tiny": "psnr_fitted"}
 
 
 # -------------------------------------------------------------------------------------------- selection
@@ -142,14 +142,15 @@ def write_report(sweep: "Sweep"):
   val_count = next((r["val_count"] for r in records if "val_count" in r), None)
   lines = [f"# Choosing γ: {sweep.dataset} / {sweep.model}", "",
            f"Budget: {sweep.epochs} epochs per run for every optimizer (batch {sweep.batch_size}, cosine decay after "
-           f"a linear warmup of min(0.5, epochs/4) epochs, no augmentation"
+           f"a linear warmup of min(0.5, epochs/4) epochs, augmentation: {sweep.augment}"
            + (f", first {sweep.train_limit} training images" if sweep.train_limit else "") + "). "
            f"Sweep stages train on the training split minus a stratified validation split (the last 10% of every "
            f"class{f', {val_count} images' if val_count else ''}) and are scored on it; the selected settings "
            f"are retrained on the whole training split with seeds {list(sweep.seeds)} and scored on the test split. "
            "Selection reads validation numbers only. PSNR: reconstruction x̂ = J(x)ᵀ f(x) / ∏α of 1,000 images "
            f"from the last feature layer ({sweep.feature_layer}); the selection uses the {metric_name} "
-           "PSNR. Gap: mean over kernels of the off-diagonal orthogonality gap (`bort_jax.orthogonality_gap`).", "",
+           "PSNR. Gap: mean over kernels of the off-diagonal orthogonality gap (`bort_jax.orthogonality_gap`)."
+           + (f" {sweep.note}" if sweep.note else ""), "",
            f"![validation accuracy and PSNR against γ]({sweep.name}.png)", "",
            "## Selected settings (train → test)", "",
            "| family | role | settings | val. acc. (%) | test acc. (%) | Δ vs baseline (pt) | gap | PSNR (dB) "

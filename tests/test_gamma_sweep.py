@@ -1,9 +1,11 @@
 """benchmarks/gamma_sweep.py and gamma_sweep_report.py: the held-out validation split, selection on validation
 numbers only, and a tiny end-to-end sweep (table, plot, resume) on a real MNIST slice."""
 
+import importlib
 import json
 
 import numpy as np
+import optax
 import pytest
 
 from benchmarks import gamma_sweep as gs
@@ -152,3 +154,36 @@ def test_tiny_sweep_writes_table_and_plot_and_resumes(data_dir, tmp_path, monkey
   calls.clear()
   gs.main(argv[:4] + ["--stage", "report"] + argv[4:])
   assert calls == []
+
+
+@pytest.mark.parametrize("model,family,module", [("resnet20", "sgd", "cifar10_resnet20"),
+                                                 ("vit_tiny", "adamw", "cifar10_vit_tiny")])
+def test_cifar_sweeps_take_the_standard_baseline_and_four_gammas_around_the_config(model, family, module):
+  """CIFAR families: the config's standard baseline recipe (one point, on the holdout split), 4 γ values that
+  bracket the config's predicted γ, the MNIST sweeps' mode and α; a CIFAR model needs --dataset cifar10."""
+  recipes = importlib.import_module(f"examples.configs.{module}").RECIPES
+  sweep = gs.sweep_from_args(gs.parse_args(["--dataset", "cifar10", "--model", model]), "")
+  assert sweep.families == (family,) and sweep.epochs == gs.EPOCHS[model]
+  [baseline] = sweep.baseline_settings()
+  assert (baseline.learning_rate, baseline.weight_decay, baseline.split) == (
+      recipes[family]["learning_rate"], recipes[family]["weight_decay"], "holdout")
+  gammas = sweep.gammas[family]
+  assert len(gammas) == 4 and min(gammas) < recipes[f"bort_{family}"]["gamma"] < max(gammas)
+  assert (sweep.alphas, sweep.modes) == (("1",), ("l1-full",))
+  config = gs.make_config(baseline, model)
+  assert (config.dataset, config.model, config.eval_split, config.augment) == ("cifar10", model, "holdout", "cifar")
+  with pytest.raises(SystemExit, match="not accepted with --dataset mnist"):
+    gs.sweep_from_args(gs.parse_args(["--dataset", "mnist", "--model", model]), "")
+
+
+@pytest.mark.parametrize("model,kwargs", [("resnet20", {"stage_sizes": (1, 1), "widths": (4, 8)}),
+                                          ("vit_tiny", {"dim": 12, "depth": 1})])
+def test_reconstruction_psnr_of_the_last_feature_stage_of_cifar_models(model, kwargs):
+  """Finite PSNR from `features` of a tiny ResNet / ViT on real-shaped RGB images, in [0, 1] pixel space."""
+  config = gs.make_config(gs.Sweep("cifar10", model, epochs=1).setting("baselines", "sgd", 0.1, 1e-4), model)
+  config.model_kwargs = kwargs
+  state, _ = train.create_train_state(train.create_model(config, 10), optax.sgd(0.1))
+  images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  metrics = gs.reconstruction_metrics(config, state, images)
+  assert list(metrics) == ["features"] and np.isfinite(metrics["features"]["psnr_fitted"])
+  assert metrics["features"]["psnr_fitted"] > 0

@@ -39,18 +39,20 @@ MODELS = {
     "explain_cnn": ModelSpec(ConvNet, sows_outputs=True),
     "bcos_mlp": ModelSpec(functools.partial(BcosNet, arch="mlp")),
     "bcos_cnn": ModelSpec(functools.partial(BcosNet, arch="cnn")),
-    "resnet18": ModelSpec(functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic", stem="cifar")),
+    "resnet18": ModelSpec(functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block="basic", stem="cifar"),
+                          sows_outputs=True),
     "resnet20": ModelSpec(functools.partial(ResNet, stage_sizes=(3, 3, 3), block="basic", widths=(16, 32, 64),
-                                            stem="cifar")),
+                                            stem="cifar"), sows_outputs=True),
     "resnet50": ModelSpec(functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block="bottleneck",
-                                            stem="imagenet")),
+                                            stem="imagenet"), sows_outputs=True),
     "vgg16": ModelSpec(VGG16),
     "deit_s": ModelSpec(functools.partial(ViT, patch_size=16, dim=384, depth=12, num_heads=6,
-                                          drop_path_rate=0.1)),
+                                          drop_path_rate=0.1), sows_outputs=True),
     "vit_b16": ModelSpec(functools.partial(ViT, patch_size=16, dim=768, depth=12, num_heads=12,
-                                           drop_path_rate=0.1)),
+                                           drop_path_rate=0.1), sows_outputs=True),
     # DeiT-Ti width on 4x4 patches of 32x32 images: for tests and CPU smoke runs.
-    "vit_tiny": ModelSpec(functools.partial(ViT, image_size=32, patch_size=4, dim=192, depth=4, num_heads=3)),
+    "vit_tiny": ModelSpec(functools.partial(ViT, image_size=32, patch_size=4, dim=192, depth=4, num_heads=3),
+                          sows_outputs=True),
 }
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from bort_jax.explain import bcos
-from examples.models.small import _record
+from examples.models.capture import record
 
 
 class ConvNet(nnx.Module):
@@ -37,11 +37,11 @@ class ConvNet(nnx.Module):
   def features(self, x: jax.Array, depth: int | None = None) -> jax.Array:
     """ReLU output of the first ``depth`` convolutions (None: all of them)."""
     for conv in self.convs[:depth]:
-      x = nnx.relu(_record(conv, conv(x), self.capture))
+      x = nnx.relu(record(conv, conv(x), self.capture))
     return x
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return _record(self.head, self.head(self.features(x)), self.capture).mean((1, 2)).astype(jnp.float32)
+    return record(self.head, self.head(self.features(x)), self.capture).mean((1, 2)).astype(jnp.float32)
 
 
 class BcosNet(nnx.Module):

@@ -13,6 +13,10 @@ Convolutions never carry a bias because each is followed by BatchNorm, whose shi
 subtracts its (running) mean, so the bias-free network is not exactly positively homogeneous.
 Shortcuts that change shape use a 1x1 projection + BatchNorm (option B), and the last BatchNorm of every
 block starts at scale 0 (Goyal et al., 2017) so each block begins as the identity.
+
+``capture=True`` sows every convolution's output (before its BatchNorm) and the classifier's logits as the
+layer's ``preact`` (``examples.models.capture``): one per constrained kernel, as DBort needs.
+``features(x)`` is the last stage's feature map, the representation reconstruction is measured from.
 """
 
 from collections.abc import Sequence
@@ -21,6 +25,8 @@ import functools
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from examples.models.capture import record
 
 # He initialisation on fan_out, as torchvision's ResNet.
 _CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -36,33 +42,48 @@ def conv_bn_factories(use_bias: bool, dtype: jnp.dtype, rngs: nnx.Rngs):
   return conv, norm
 
 
-class BasicBlock(nnx.Module):
+class _Block(nnx.Module):
+  """What both blocks share: sowing convolutions and the (projected) shortcut (subclasses set ``capture`` and
+  ``shortcut``, None for the identity)."""
+
+  def conv(self, layer: nnx.Conv, x: jax.Array) -> jax.Array:
+    return record(layer, layer(x), self.capture)
+
+  def residual(self, x: jax.Array) -> jax.Array:
+    if self.shortcut is None:
+      return x
+    conv, norm = self.shortcut.layers
+    return norm(self.conv(conv, x))
+
+
+class BasicBlock(_Block):
   """Two 3x3 convolutions with an identity (or projected) shortcut; output width = ``width``."""
 
   expansion = 1
 
   def __init__(self, in_features: int, width: int, stride: int, *, use_bias: bool, dtype: jnp.dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, capture: bool = False):
     conv, norm = conv_bn_factories(use_bias, dtype, rngs)
     self.conv1 = conv(in_features, width, (3, 3), strides=stride, padding=1)
     self.norm1 = norm(width)
     self.conv2 = conv(width, width, (3, 3), padding=1)
     self.norm2 = norm(width, scale_init=nnx.initializers.zeros)
     self.shortcut = _projection(in_features, width, stride, conv, norm)
+    self.capture = capture
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nnx.relu(self.norm1(self.conv1(x)))
-    y = self.norm2(self.conv2(y))
-    return nnx.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+    y = nnx.relu(self.norm1(self.conv(self.conv1, x)))
+    y = self.norm2(self.conv(self.conv2, y))
+    return nnx.relu(y + self.residual(x))
 
 
-class BottleneckBlock(nnx.Module):
+class BottleneckBlock(_Block):
   """1x1 reduce -> 3x3 (strided) -> 1x1 expand to ``4 * width``, with a shortcut."""
 
   expansion = 4
 
   def __init__(self, in_features: int, width: int, stride: int, *, use_bias: bool, dtype: jnp.dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, capture: bool = False):
     conv, norm = conv_bn_factories(use_bias, dtype, rngs)
     out = width * self.expansion
     self.conv1 = conv(in_features, width, (1, 1))
@@ -72,12 +93,13 @@ class BottleneckBlock(nnx.Module):
     self.conv3 = conv(width, out, (1, 1))
     self.norm3 = norm(out, scale_init=nnx.initializers.zeros)
     self.shortcut = _projection(in_features, out, stride, conv, norm)
+    self.capture = capture
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = nnx.relu(self.norm1(self.conv1(x)))
-    y = nnx.relu(self.norm2(self.conv2(y)))
-    y = self.norm3(self.conv3(y))
-    return nnx.relu(y + (x if self.shortcut is None else self.shortcut(x)))
+    y = nnx.relu(self.norm1(self.conv(self.conv1, x)))
+    y = nnx.relu(self.norm2(self.conv(self.conv2, y)))
+    y = self.norm3(self.conv(self.conv3, y))
+    return nnx.relu(y + self.residual(x))
 
 
 def _projection(in_features, out_features, stride, conv, norm):
@@ -104,6 +126,7 @@ class ResNet(nnx.Module):
       in_channels: int = 3,
       use_bias: bool = True,
       dtype: jnp.dtype = jnp.float32,
+      capture: bool = False,
       rngs: nnx.Rngs,
   ):
     if block not in BLOCKS:
@@ -124,16 +147,23 @@ class ResNet(nnx.Module):
     for stage, (size, width) in enumerate(zip(stage_sizes, widths)):
       for i in range(size):
         stride = 2 if stage > 0 and i == 0 else 1
-        blocks.append(block_cls(features, width, stride, use_bias=use_bias, dtype=dtype, rngs=rngs))
+        blocks.append(block_cls(features, width, stride, use_bias=use_bias, dtype=dtype, rngs=rngs,
+                                capture=capture))
         features = width * block_cls.expansion
     self.blocks = nnx.List(blocks)
     self.head = nnx.Linear(features, num_classes, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                            rngs=rngs)
+    self.capture = capture
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = nnx.relu(self.stem_norm(self.stem_conv(x)))
+  def features(self, x: jax.Array) -> jax.Array:
+    """The last stage's output, (N, H', W', C): the feature map the classifier average-pools."""
+    x = nnx.relu(self.stem_norm(record(self.stem_conv, self.stem_conv(x), self.capture)))
     if self.imagenet_stem:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x)
-    return self.head(jnp.mean(x, axis=(1, 2))).astype(jnp.float32)
+    return x
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    logits = self.head(jnp.mean(self.features(x), axis=(1, 2)))
+    return record(self.head, logits, self.capture).astype(jnp.float32)

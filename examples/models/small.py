@@ -1,10 +1,7 @@
 """MNIST-sized models: a fully connected MLP and LeNet-5.
 
-Both can record every layer's pre-activation y = x M (+ b) with ``capture=True``: the value is sown as
-``nnx.Intermediate`` named ``preact`` inside the layer that produced it, so its path sits next to the
-layer's ``kernel`` (e.g. ``layers/0/preact`` beside ``layers/0/kernel``). DBort's data-aware term and the
-explainability suite read them with ``logits, sown = nnx.capture(model, nnx.Intermediate)(x)`` (flax 0.12
-deprecates sowing outside ``nnx.capture``).
+Both record every layer's pre-activation with ``capture=True`` (``examples.models.capture``), e.g.
+``layers/0/preact`` beside ``layers/0/kernel``.
 """
 
 from collections.abc import Sequence
@@ -13,11 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-
-def _record(layer: nnx.Module, y: jax.Array, capture: bool) -> jax.Array:
-  if capture:
-    layer.sow(nnx.Intermediate, "preact", y)
-  return y
+from examples.models.capture import record
 
 
 class MLP(nnx.Module):
@@ -44,7 +37,7 @@ class MLP(nnx.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.reshape(x.shape[0], -1)
     for i, layer in enumerate(self.layers):
-      x = _record(layer, layer(x), self.capture)
+      x = record(layer, layer(x), self.capture)
       if i < len(self.layers) - 1:
         x = nnx.relu(x)
     return x.astype(jnp.float32)
@@ -81,9 +74,9 @@ class LeNet5(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     pool = lambda y: nnx.max_pool(y, (2, 2), strides=(2, 2))
-    x = pool(nnx.relu(_record(self.conv1, self.conv1(x), self.capture)))
-    x = pool(nnx.relu(_record(self.conv2, self.conv2(x), self.capture)))
+    x = pool(nnx.relu(record(self.conv1, self.conv1(x), self.capture)))
+    x = pool(nnx.relu(record(self.conv2, self.conv2(x), self.capture)))
     x = x.reshape(x.shape[0], -1)
-    x = nnx.relu(_record(self.fc1, self.fc1(x), self.capture))
-    x = nnx.relu(_record(self.fc2, self.fc2(x), self.capture))
-    return _record(self.fc3, self.fc3(x), self.capture).astype(jnp.float32)
+    x = nnx.relu(record(self.fc1, self.fc1(x), self.capture))
+    x = nnx.relu(record(self.fc2, self.fc2(x), self.capture))
+    return record(self.fc3, self.fc3(x), self.capture).astype(jnp.float32)

@@ -8,11 +8,19 @@ depth, Huang et al., 2016) grows linearly from 0 to ``drop_path_rate`` over the 
 Learned tokens are leaves called ``embedding`` (``cls/embedding``, ``position/embedding``) so Bort's default
 mask, which picks ``kernel`` leaves, leaves them alone. ``use_bias=False`` removes every dense/attention bias
 and the LayerNorm shifts.
+
+``capture=True`` sows the output of every kernel's layer as its ``preact`` (``examples.models.capture``):
+the patch embedding, the attention's query/key/value/out projections, both MLP layers and the head. The block
+therefore applies the attention's projections itself (the same sub-modules and parameters as
+``nnx.MultiHeadAttention.__call__``, without attention dropout, which these models do not use).
+``features(x)`` is the final LayerNorm of every token, the representation reconstruction is measured from.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from examples.models.capture import record
 
 _DENSE_INIT = nnx.initializers.xavier_uniform()
 
@@ -28,7 +36,7 @@ class EncoderBlock(nnx.Module):
   """One pre-norm transformer block with stochastic depth on both residual branches."""
 
   def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, drop_path_rate: float, use_bias: bool,
-               dtype: jnp.dtype, rngs: nnx.Rngs):
+               dtype: jnp.dtype, rngs: nnx.Rngs, capture: bool = False):
     kw = dict(use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     self.norm1 = nnx.LayerNorm(dim, epsilon=1e-6, **kw)
     self.attention = nnx.MultiHeadAttention(num_heads, dim, kernel_init=_DENSE_INIT, decode=False, **kw)
@@ -37,10 +45,20 @@ class EncoderBlock(nnx.Module):
     self.mlp_out = nnx.Linear(mlp_dim, dim, kernel_init=_DENSE_INIT, **kw)
     # Dropping the whole residual branch per example = dropout broadcast over tokens and features.
     self.drop_path = nnx.Dropout(drop_path_rate, broadcast_dims=(1, 2), rngs=rngs)
+    self.capture = capture
+
+  def _apply(self, layer: nnx.Module, x: jax.Array) -> jax.Array:
+    return record(layer, layer(x), self.capture)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Self-attention of the tokens ``x``, (N, T, dim), through ``self.attention``'s projections."""
+    att = self.attention
+    query, key, value = (self._apply(layer, x) for layer in (att.query, att.key, att.value))
+    return self._apply(att.out, att.attention_fn(query, key, value, dtype=att.dtype, precision=att.precision))
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.drop_path(self.attention(self.norm1(x)))
-    return x + self.drop_path(self.mlp_out(nnx.gelu(self.mlp_in(self.norm2(x)))))
+    x = x + self.drop_path(self.attend(self.norm1(x)))
+    return x + self.drop_path(self._apply(self.mlp_out, nnx.gelu(self._apply(self.mlp_in, self.norm2(x)))))
 
 
 class ViT(nnx.Module):
@@ -60,6 +78,7 @@ class ViT(nnx.Module):
       in_channels: int = 3,
       use_bias: bool = True,
       dtype: jnp.dtype = jnp.float32,
+      capture: bool = False,
       rngs: nnx.Rngs,
   ):
     if image_size % patch_size:
@@ -75,17 +94,22 @@ class ViT(nnx.Module):
     rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
     self.blocks = nnx.List([
         EncoderBlock(dim, num_heads, mlp_ratio * dim, drop_path_rate=rate, use_bias=use_bias, dtype=dtype,
-                     rngs=rngs)
+                     rngs=rngs, capture=capture)
         for rate in rates
     ])
     self.norm = nnx.LayerNorm(dim, epsilon=1e-6, **kw)
     self.head = nnx.Linear(dim, num_classes, kernel_init=_DENSE_INIT, **kw)
+    self.capture = capture
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = self.patch_embed(x)
+  def features(self, x: jax.Array) -> jax.Array:
+    """Every token after the final LayerNorm, (N, T, dim); the head reads the class token (index 0)."""
+    x = record(self.patch_embed, self.patch_embed(x), self.capture)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     cls = jnp.broadcast_to(self.cls.embedding[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
     x = jnp.concatenate([cls, x], axis=1) + self.position.embedding[...].astype(x.dtype)
     for block in self.blocks:
       x = block(x)
-    return self.head(self.norm(x)[:, 0]).astype(jnp.float32)
+    return self.norm(x)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return record(self.head, self.head(self.features(x)[:, 0]), self.capture).astype(jnp.float32)

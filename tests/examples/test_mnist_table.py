@@ -1,17 +1,22 @@
-"""benchmarks/mnist_table.py: a tiny cell through the example trainer, and merging of committed tables."""
+"""benchmarks/table.py (as mnist_table / cifar_table): tiny cells through the example trainer, resuming, and
+merging of committed tables."""
 
 import json
 import pathlib
 import sys
 
+import pytest
+
+from benchmarks import cifar_table
 from benchmarks import mnist_table
+from benchmarks import table
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _run(monkeypatch, *args):
-  monkeypatch.setattr(sys, "argv", ["mnist_table", *args])
-  mnist_table.main()
+def _run(monkeypatch, *args, script=mnist_table):
+  monkeypatch.setattr(sys, "argv", [script.__name__, *args])
+  script.main(*(["cifar10"] if script is cifar_table else []))
 
 
 def _rows(path) -> list[str]:
@@ -22,13 +27,13 @@ def test_tiny_cell_trains_with_the_example_trainer(tmp_path, monkeypatch):
   out = tmp_path / "table.md"
   _run(monkeypatch, "--dataset", "mnist_small", "--out", str(out), "--models", "mlp", "--optimizers", "sgd",
        "--seeds", "0", "--mlp-epochs", "1", "--train-limit", "256", "--batch-size", "64",
-       "--set", "learning_rate=0.1")
+       "--set", "learning_rate=0.1", "--timed-steps", "1", "--workdir", str(tmp_path / "runs"))
   [row] = _rows(out)
   cells = [c.strip() for c in row.strip("|").split("|")]
   assert cells[:3] == ["mlp", "sgd", "1"]
-  assert cells[6] == "learning_rate=0.1, weight_decay=0.0005, momentum=0.9"
+  assert cells[9] == "learning_rate=0.1, weight_decay=0.0005, momentum=0.9"
   [run] = json.loads(out.with_suffix(".json").read_text())["runs"]["mlp/sgd"]
-  assert set(run) == {"seed", "test_accuracy", "gap", "seconds", "epochs", "settings"}
+  assert set(run) == {"seed", "test_accuracy", "gap", "psnr", "seconds", "epochs", "settings", "step_seconds"}
   assert run["test_accuracy"] > 0.2 and run["gap"] > 0  # chance: 0.1
   assert cells[3] == f"{100 * run['test_accuracy']:.2f} ± 0.00"
 
@@ -63,3 +68,37 @@ def test_only_commands_that_still_own_a_cell_are_listed():
   assert mnist_table.current_commands(commands, mnist_table._parser()) == [commands[1], commands[3], commands[4],
                                                                            commands[5]]
   assert mnist_table.current_commands(commands[:3], mnist_table._parser()) == commands[:3]
+
+
+def test_tiny_cifar_cell_measures_psnr_and_overhead_and_resumes(tmp_path, monkeypatch, data_dir):
+  """A shrunken ResNet-20 on 256 CIFAR-10 images: the record has PSNR and the Bort/baseline step times; a cut
+  command leaves an "in progress" table, and the rerun reads the finished seed instead of training it."""
+  if not (data_dir / "cifar10.npz").exists():
+    pytest.skip("cifar10.npz not found")
+  out = tmp_path / "cifar.md"
+  args = ["--out", str(out), "--models", "resnet20", "--optimizers", "bort_sgd", "--epochs", "1", "--train-limit",
+          "256", "--timed-steps", "2", "--workdir", str(tmp_path / "runs"), "--data-dir",
+          str(data_dir), "--budget-hours", "16", "--set", "model_kwargs={'stage_sizes': (1, 1), 'widths': (4, 8)}"]
+  real = table.run_seed
+
+  def cut_after_seed_0(dataset, model, optimizer, epochs, seed, args):
+    if seed == 1:
+      raise KeyboardInterrupt
+    return real(dataset, model, optimizer, epochs, seed, args)
+
+  monkeypatch.setattr(table, "run_seed", cut_after_seed_0)
+  with pytest.raises(KeyboardInterrupt):
+    _run(monkeypatch, *args, "--seeds", "0", "1", script=cifar_table)
+  text = out.read_text()
+  assert "(in progress)" in text and "in progress: 1 of 2 seeds" in text and "JPEG-compressed" in text
+  assert "16 CPU-hours" in text
+  [run] = json.loads(out.with_suffix(".json").read_text())["runs"]["resnet20/bort_sgd"]
+  assert run["epochs"] == 1 and 0 <= run["test_accuracy"] <= 1 and run["gap"] > 0
+  assert run["psnr"] > 0 and run["step_seconds"] > 0 and run["baseline_step_seconds"] > 0
+  assert "gamma=" in run["settings"] and "×" in _rows(out)[0]
+
+  monkeypatch.setattr(table, "run_seed", real)
+  monkeypatch.setattr(table.train, "train_and_evaluate", lambda *a, **k: pytest.fail("seed 0 was retrained"))
+  _run(monkeypatch, *args, "--seeds", "0", script=cifar_table)
+  assert "in progress" not in out.read_text()
+  assert json.loads(out.with_suffix(".json").read_text())["runs"]["resnet20/bort_sgd"] == [run]

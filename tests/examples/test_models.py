@@ -245,3 +245,100 @@ def test_bad_arguments_raise_value_error():
     nnx.eval_shape(lambda: models.ViT(10, image_size=30, patch_size=4, rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match="multiple of 32"):
     nnx.eval_shape(lambda: models.VGG16(10, image_size=48, rngs=nnx.Rngs(0)))
+
+
+
+def _path(keys) -> str:
+  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
+
+
+def _lookup(tree, path: str):
+  for key in path.split("/"):
+    tree = tree[int(key) if key.isdigit() else key]
+  return tree
+
+
+def _split(model):
+  """(graph, params, other state) with the state as pure dicts of jax arrays (BatchNorm writes its statistics)."""
+  graph, params, rest = nnx.split(model, nnx.Param, ...)
+  return graph, *(jax.tree.map(jnp.asarray, nnx.to_pure_dict(s)) for s in (params, rest))
+
+
+def _sown(model, x):
+  """(logits, {layer path: its sown preact}) of a forward pass inside ``nnx.capture``."""
+  logits, sown = nnx.capture(lambda m, x: m(x), nnx.Intermediate)(model, x)
+  return logits, {_path(p[:-2]): y for p, y in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(sown))[0]}
+
+
+@pytest.mark.parametrize("name,kw", [("resnet20", {}), ("resnet50", {"stage_sizes": (1, 1), "widths": (4, 8)}),
+                                     ("vit_tiny", {})])
+def test_capture_sows_the_preactivation_of_every_constrained_kernel(name, kw):
+  """One sown output per Bort-constrained kernel, each linear in that kernel: y = x M + b with x independent
+  of M (the derivative along M itself is y - b); capturing leaves the logits unchanged."""
+  model, x = _small(name, capture=True, **kw)
+  plain, _ = _small(name, **kw)
+  logits, sown = _sown(model, x)
+  np.testing.assert_array_equal(logits, plain(x))
+  np.testing.assert_allclose(sown["head"], logits, rtol=1e-6)
+  graph, params, rest = _split(model)
+  mask = bort_jax.kernel_mask(params)
+  kernels = [_path(p[:-1]) for p, constrained in jax.tree_util.tree_flatten_with_path(mask)[0] if constrained]
+  assert sorted(sown) == sorted(kernels)
+
+  def outputs(t):  # kernel k -> (1 + t_k) M_k
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda p, v: v * (1 + t[kernels.index(_path(p[:-1]))]) if p[-1].key == "kernel" else v, params)
+    return _sown(nnx.merge(graph, scaled, rest), x)[1]
+
+  along = jax.jit(jax.vmap(lambda e: jax.jvp(outputs, (jnp.zeros(len(kernels)),), (e,))[1]))
+  derivatives = along(jnp.eye(len(kernels)))
+  for k, path in enumerate(kernels):
+    bias = _lookup(params, path).get("bias", 0.0)
+    np.testing.assert_allclose(derivatives[path][k], sown[path] - bias, rtol=1e-4,
+                               atol=1e-4 * float(jnp.abs(sown[path]).max()), err_msg=path)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "vit_tiny"])
+def test_one_dbort_step_changes_the_update_as_the_dbort_term_predicts(name):
+  """The trainer's SGD step with dbort_lambda > 0 minus the step without it is -lr * jax.grad of
+  bort_jax.dbort_loss over the sown outputs; for the head (the last layer, whose kernel reaches no other sown
+  output) it is also add_dbort_term's closed form from the head's input and the logits."""
+  from examples import optimizers, train  # pylint: disable=g-import-not-at-top
+  from examples.configs import default  # pylint: disable=g-import-not-at-top
+  lam, beta, lr = 0.5, 0.5, 1.0
+  config = default.get_config()
+  config.update(dict(model=name, dataset="cifar10", optimizer="sgd", learning_rate=lr, momentum=0.0,
+                     weight_decay=0.0, lr_schedule="constant", dbort_beta=beta))
+  rng = np.random.default_rng(3)
+  batch = {"image": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+           "label": rng.integers(0, 10, (4,), dtype=np.int32)}
+  tx, _ = optimizers.create_optimizer(config, steps_per_epoch=10)
+  new = {}
+  for lam_run in (0.0, lam):
+    config.dbort_lambda = lam_run
+    state, graphs = train.create_train_state(_small(name, capture=lam_run > 0)[0], tx)
+    new[lam_run] = train.make_train_step(graphs, tx, config, 10)(state, batch)[0].params
+  model, _ = _small(name, capture=True)
+  graph, params, rest = _split(model)
+  x = train.normalize_images(jnp.asarray(batch["image"]), train.data_lib.normalization("cifar10"))
+
+  def dbort_term(p):
+    return bort_jax.dbort_loss(_sown(nnx.merge(graph, p, rest), x)[1], lam, beta)
+
+  expected = jax.tree.map(lambda g: -lr * g, jax.jit(jax.grad(dbort_term))(params))
+  change = jax.tree.map(lambda a, b: a - b, new[lam], new[0.0])
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(expected))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * scale), change, expected)
+
+  def head_input(m, x):
+    features = m.features(x)
+    return jnp.mean(features, axis=(1, 2)) if features.ndim == 4 else features[:, 0]
+
+  h = nnx.jit(nnx.capture(head_input, nnx.Intermediate))(model, x)[0]
+  logits = h @ params["head"]["kernel"] + params["head"]["bias"]
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  closed = bort_jax.add_dbort_term(lam, beta, views=bort_jax.nnx_views(model)).update(
+      zeros, None, params, dbort_activations={"head/kernel": bort_jax.dense_io(h, logits)})[0]
+  for leaf in ("kernel", "bias"):
+    np.testing.assert_allclose(change["head"][leaf], -lr * closed["head"][leaf], rtol=1e-3, atol=1e-4 * scale)
+    assert float(jnp.abs(change["head"][leaf]).max()) > 0

@@ -23,13 +23,15 @@ TINY = {
     "mlp": {"hidden_sizes": (16,)},
     "lenet5": {},
     "resnet18": {"stage_sizes": (1, 1), "widths": (4, 8)},
+    "resnet20": {"stage_sizes": (1, 1), "widths": (4, 8)},
     "resnet50": {"stage_sizes": (1, 1), "widths": (4, 8)},
     "vgg16": {"widths": (4, 4, 4, 4, 4), "image_size": 32, "fc_width": 8},
     "deit_s": {"dim": 12, "depth": 1, "image_size": 32},
+    "vit_tiny": {"dim": 12, "depth": 1},
 }
 CASES = [("mnist_small_demo", None), ("mnist_mlp", "dbort_sgd"), ("fashion_mnist_mlp", "bort_adamw"),
          ("cifar10_resnet18", None), ("imagenet_resnet50", None), ("imagenet_vgg16", None),
-         ("imagenet_deit_s", None)]
+         ("imagenet_deit_s", None), ("cifar10_resnet20", "dbort_sgd"), ("cifar10_vit_tiny", "dbort_sgd")]
 
 
 def _tiny(name, recipe):

@@ -1,0 +1,341 @@
+"""Accuracy tables: each (model, optimizer recipe) of a dataset trained with several seeds by the example trainer.
+
+    nice -n 10 python -m benchmarks.table --dataset mnist --out benchmarks/results/mnist_table.md
+    nice -n 10 python -m benchmarks.table --dataset fashion_mnist --out benchmarks/results/fashion_mnist_table.md
+    nice -n 10 python -m benchmarks.table --dataset cifar10 --out benchmarks/results/cifar10_table.md \\
+        --models resnet20 --optimizers sgd bort_sgd --seeds 0 1 2 --merge --budget-hours 16
+
+(`python -m benchmarks.mnist_table` and `python -m benchmarks.cifar_table` are the same script.) Per run: final
+test accuracy, orthogonality gap (RMS of the off-diagonal of the Gram of each constrained kernel, normalised
+by its mean diagonal, averaged over layers; `bort_jax.orthogonality_gap`), reconstruction PSNR of 1,000 test
+images from the last feature stage (fitted scale, `benchmarks.gamma_sweep.reconstruction_metrics`), training
+seconds (sum of the trainer's per-epoch times, so interruptions do not count) and the time of one jitted train
+step of the recipe, measured after training in the same process; Bort recipes also time their baseline's step
+on the same batch, interleaved, which gives Bort's per-step overhead under the same load.
+
+Runs are resumable: each trains in `--workdir/<model>_<optimizer>_seed<seed>` (default `runs/<out stem>/`)
+with the trainer's checkpoints, a killed run continues from its last checkpoint, and a finished run's record
+(`record.json` there) is read instead of retraining. The table (and its .json) is rewritten after every
+finished run; cells with fewer seeds than asked are marked "in progress". Data: `--data-dir` or
+$BORT_DATA_DIR (`<dataset>.npz`), default `../shared/data` beside the repository.
+"""
+
+import argparse
+import ast
+import json
+import os
+import pathlib
+import shlex
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+
+import bort_jax
+from benchmarks import gamma_sweep
+from examples import data as data_lib
+from examples import metrics_io
+from examples import optimizers
+from examples import train
+from examples.configs import cifar10_resnet20
+from examples.configs import cifar10_vit_tiny
+from examples.configs import fashion_mnist_lenet
+from examples.configs import fashion_mnist_mlp
+from examples.configs import mnist_lenet
+from examples.configs import mnist_mlp
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# Each dataset's models and the config modules holding their recipes (mnist_small reads the MNIST ones).
+CONFIGS = {
+    "mnist": {"mlp": mnist_mlp, "lenet5": mnist_lenet},
+    "mnist_small": {"mlp": mnist_mlp, "lenet5": mnist_lenet},
+    "fashion_mnist": {"mlp": fashion_mnist_mlp, "lenet5": fashion_mnist_lenet},
+    "cifar10": {"resnet20": cifar10_resnet20, "vit_tiny": cifar10_vit_tiny},
+}
+MODELS = tuple(dict.fromkeys(m for models in CONFIGS.values() for m in models))
+OPTIMIZERS = tuple(optimizers.OPTIMIZERS)  # the default recipes; every config also has dbort_sgd
+RECIPES = (*OPTIMIZERS, "dbort_sgd")
+DATA_NOTES = {"cifar10": "the shared `cifar10.npz` is a JPEG-compressed copy of CIFAR-10: numbers for checking "
+                         "the pipeline, not for publication"}
+TIMED_STEPS = 10
+
+
+def make_config(dataset: str, model: str, optimizer: str, epochs: int, args) -> ml_collections.ConfigDict:
+  config = CONFIGS[dataset][model].get_config(optimizer)
+  config.update(dict(dataset=dataset, model=model, num_epochs=epochs, batch_size=args.batch_size,
+                     eval_batch_size=1000, progress_bar=False, train_limit=args.train_limit,
+                     num_classes=10,  # all --dataset choices have 10
+                     warmup_epochs=min(config.warmup_epochs or 0.5, epochs / 4)))
+  for override in args.set:
+    key, value = override.split("=", 1)
+    scope, field = key.split(".", 1) if "." in key else (None, key)
+    if scope in (None, model, optimizer):
+      config[field] = _parse_value(value, config[field])
+  train.validate(config)
+  return config
+
+
+def _parse_value(text: str, current):
+  """A --set value as a Python literal (numbers, bools, tuples), else the string; ints widen to float."""
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    value = text
+  return float(value) if isinstance(current, float) and isinstance(value, int) else value
+
+
+def baseline_recipe(optimizer: str) -> str | None:
+  """The recipe a Bort recipe is compared with (bort_sgd, dbort_sgd -> sgd); None for a baseline."""
+  family = optimizer.removeprefix("d").removeprefix("bort_")
+  return None if family == optimizer else family
+
+
+def step_seconds(configs: list[ml_collections.ConfigDict], batch: dict, steps: int) -> list[float]:
+  """Median seconds of one jitted train step of each config on `batch`, the configs' steps interleaved so
+  that they share the machine's load; compilation and a first step are excluded."""
+  runners = []
+  for config in configs:
+    model = train.create_model(config, 10)
+    tx, _ = optimizers.create_optimizer(config, 100, views=bort_jax.nnx_views(model))
+    state, graphs = train.create_train_state(model, tx)
+    step = train.make_train_step(graphs, tx, config, 100)
+    state = jax.block_until_ready(step(state, batch)[0])
+    runners.append([step, state, []])
+  for _ in range(steps):
+    for runner in runners:
+      start = time.perf_counter()
+      runner[1] = jax.block_until_ready(runner[0](runner[1], batch)[0])
+      runner[2].append(time.perf_counter() - start)
+  return [float(np.median(times)) for _, _, times in runners]
+
+
+def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, args) -> dict:
+  """Trains (or resumes, or reads) one seed in its persistent workdir and returns its record."""
+  config = make_config(dataset, model, optimizer, epochs, args)
+  config.seed = seed
+  workdir = pathlib.Path(args.workdir) / f"{model}_{optimizer}_seed{seed}"
+  saved = workdir / "config.json"
+  if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(config.to_dict())):
+    raise SystemExit(f"{workdir} holds a run of another config (epochs, recipe or --set changed); move it away "
+                     "or pass another --workdir.")
+  if (workdir / "record.json").exists():
+    return json.loads((workdir / "record.json").read_text())
+  state, results = train.train_and_evaluate(config, str(workdir), resume=True, data_dir=str(args.data_dir))
+  if results["status"] == "diverged":  # no accuracy to tabulate: say so and stop rather than record a fake number
+    raise SystemExit(f"{workdir.name}: {results['diverged']['message']}")
+  train_records, test_records = train.load_splits(config, str(args.data_dir))
+  train_images, train_labels = data_lib.as_arrays(train_records)
+  test_images, _ = data_lib.as_arrays(test_records)
+  psnr = gamma_sweep.reconstruction_metrics(config, state, test_images)
+  batch = {"image": train_images[:config.batch_size], "label": train_labels[:config.batch_size]}
+  baseline = baseline_recipe(optimizer)
+  timed = [config] + ([make_config(dataset, model, baseline, epochs, args)] if baseline else [])
+  times = step_seconds(timed, batch, args.timed_steps)
+  record = {"seed": seed, "test_accuracy": results["test_accuracy"], "gap": results["mean_offdiag_gap"],
+            "psnr": psnr[gamma_sweep.FEATURE_LAYERS[model][-1]]["psnr_fitted"],
+            "seconds": sum(r["seconds"] for r in metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).read()),
+            "epochs": epochs, "settings": _settings(config), "step_seconds": times[0]}
+  if baseline:
+    record["baseline_step_seconds"] = times[1]
+  metrics_io.write_json(str(workdir / "record.json"), record)
+  return record
+
+
+def _settings(config) -> str:
+  fields = ["learning_rate", "weight_decay"]
+  fields += ["momentum"] if "sgd" in config.optimizer else ["b1", "b2", "eps"]
+  bort = optimizers.OPTIMIZERS[config.optimizer].bort
+  fields += ["gamma", "alpha", "bort_mode"] if bort else []
+  fields += ["bort_rules"] if bort and config.bort_rules else []
+  fields += ["dbort_lambda", "dbort_beta"] if config.dbort_lambda > 0 else []
+  shown = {f: config[f] for f in fields}
+  if "alpha" in shown and config.adaptive_alpha:
+    shown["alpha"] = "adaptive"
+  return ", ".join(f"{f}={v}" for f, v in shown.items())
+
+
+def _mean_std(values, scale=1.0, digits=2):
+  """mean ± std (ddof 1) with ``digits`` decimals; in scientific notation where the mean would print as 0."""
+  values = scale * np.asarray(values)
+  mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+  form = ".1e" if 0 < abs(mean) < 0.5 * 10.0 ** -digits else f".{digits}f"
+  return f"{mean:{form}} ± {std:{form}}"
+
+
+def _overhead(runs) -> str:
+  timed = [r for r in runs if "baseline_step_seconds" in r]
+  if not timed:
+    return "—"
+  ratios = [r["step_seconds"] / r["baseline_step_seconds"] for r in timed]
+  return (f"×{np.mean(ratios):.2f} ({1e3 * np.mean([r['step_seconds'] for r in timed]):.0f} vs "
+          f"{1e3 * np.mean([r['baseline_step_seconds'] for r in timed]):.0f} ms)")
+
+
+def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds, started: float):
+  """The Markdown table and its .json; the PSNR, hours and overhead columns appear once a run has them."""
+  extra = any("psnr" in r for runs in results.values() for r in runs)
+  missing = [cell for cell, runs in results.items() if len(runs) < len(seeds)]
+  title = f"# {dataset}: test accuracy and orthogonality gap, mean ± std over seeds {list(seeds)}"
+  header = "| model | optimizer | epochs | test accuracy (%) | orthogonality gap |"
+  header += " PSNR (dB) | train hours | Bort step overhead |" if extra else ""
+  header += " per-seed accuracy (%) | settings |"
+  lines = [title + (" (in progress)" if missing else ""), "", header, "|---" * (header.count("|") - 1) + "|"]
+  for (model, optimizer), runs in results.items():
+    if not runs:
+      continue
+    accs = [r["test_accuracy"] for r in runs]
+    row = (f"| {model} | {optimizer} | {runs[0]['epochs']} | {_mean_std(accs, 100)} | "
+           f"{_mean_std([r['gap'] for r in runs], digits=4)} | ")
+    if extra:
+      psnr = [r["psnr"] for r in runs if "psnr" in r]
+      row += (f"{_mean_std(psnr) if psnr else '—'} | {sum(r['seconds'] for r in runs) / 3600:.2f} | "
+              f"{_overhead(runs)} | ")
+    in_progress = f" (in progress: {len(runs)} of {len(seeds)} seeds)" if len(runs) < len(seeds) else ""
+    lines.append(row + f"{', '.join(f'{100 * a:.2f}' for a in accs)}{in_progress} | {runs[0]['settings']} |")
+  modules = dict.fromkeys(CONFIGS[dataset][m].__name__.rsplit(".", 1)[-1] for m, _ in results if m in CONFIGS[dataset])
+  recipe_files = [f"`examples/configs/{name}.py`" for name in modules] or ["the configs"]
+  data = f"`{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
+  lines += ["", "## Exactly what was run", "",
+            *(f"- Command: `python -m benchmarks.{_script(dataset)} {c}`" for c in commands),
+            f"- Data: {data}, full test split; batch size {args.batch_size}; "
+            + ("pad-4 crop + flip (He et al., 2016); " if dataset == "cifar10" else "no augmentation; ")
+            + "cosine learning-rate decay to 0 after a linear warmup of min(the config's warmup or 0.5, epochs/4) "
+            "epochs."
+            + (f" Note: {DATA_NOTES[dataset]}." if dataset in DATA_NOTES else ""),
+            f"- Models: {', '.join(f'`{m}`' for m in CONFIGS[dataset])}, with biases, float32; epochs as in the table.",
+            f"- Optimizers: the recipes of {' and '.join(recipe_files)} (settings column, after overrides "
+            f"{args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; Bort corrects every "
+            "conv/dense kernel (not biases); dbort_sgd adds -λ mean(y²)^β over every kernel's sown output.",
+            "- Orthogonality gap: `bort_jax.orthogonality_gap(params)` `offdiag` statistic (RMS of the "
+            "off-diagonal of G/mean diag G, G the Gram of the constrained side of each kernel), averaged "
+            "over the constrained layers, after the last epoch."]
+  if extra:
+    lines += ["- PSNR: reconstruction x̂ = J(x)ᵀ f(x) of 1,000 test images from the last feature stage (MLP / "
+              "LeNet-5: the last hidden ReLU; ResNet: the last stage's map; ViT: the final LayerNorm's tokens), "
+              "with the least-squares scale per image, in [0, 1] pixel space (`gamma_sweep.reconstruction_metrics`)."
+              " Folding BatchNorm into the convolutions (`bort_jax.explain.canonize`) leaves J(x) unchanged, so it is"
+              " not needed here.",
+              "- Train hours: the trainer's per-epoch seconds (training + evaluation) summed over the row's seeds. "
+              f"Bort step overhead: median of {args.timed_steps} jitted train steps of the Bort recipe over its "
+              "baseline's, same batch, interleaved, after training in the same process (the ratio is comparable "
+              "across rows; the milliseconds depend on the load)."]
+  if args.budget_hours:
+    used = sum(r["seconds"] for runs in results.values() for r in runs) / 3600
+    lines.append(f"- Budget: {args.budget_hours:g} CPU-hours planned for this table and its γ sweep "
+                 f"(`benchmarks/results/cifar10_plan.md`); {used:.1f} h of training in the table so far.")
+  lines.append(f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; "
+               + (f"wall time {(time.time() - started) / 60:.1f} min for the runs of the last command; "
+                  if args.models else "the last command only merged cells (no training); ")
+               + "seconds per run in the .json beside this file (runs shared the machine with other jobs, so "
+               "times are not comparable across rows).")
+  pathlib.Path(path).write_text("\n".join(lines) + "\n")
+  with open(pathlib.Path(path).with_suffix(".json"), "w") as f:
+    json.dump({"commands": commands,
+               "runs": {f"{m}/{o}": runs for (m, o), runs in results.items()}}, f, indent=1)
+
+
+def _script(dataset: str) -> str:
+  return "cifar_table" if dataset == "cifar10" else "mnist_table"
+
+
+def _load_previous(path: str, epochs: dict) -> tuple[dict, list[str]]:
+  """Cells and commands of an earlier invocation (for --merge); runs lacking "epochs" take `epochs`."""
+  saved = json.loads(pathlib.Path(path).with_suffix(".json").read_text())
+  if "runs" not in saved:  # first format: the runs mapping alone
+    saved = {"commands": [], "runs": saved}
+  results = {}
+  for key, runs in saved["runs"].items():
+    model, optimizer = key.split("/")
+    results[(model, optimizer)] = [dict(r, epochs=r.get("epochs", epochs.get(model))) for r in runs]
+  return results, saved["commands"]
+
+
+def current_commands(commands: list[str], parser: argparse.ArgumentParser) -> list[str]:
+  """``commands`` without those whose every (model, optimizer) cell a later command ran again, and without
+  merge-only ones (their merged commands are listed); the last command always stays."""
+  cells = []
+  for command in commands:
+    try:
+      args = resolve(parser.parse_args(shlex.split(command)))
+      cells.append({(m, o) for m in args.models for o in args.optimizers})
+    except (ValueError, SystemExit):   # written by an older version of this script: its cells are unknown, kept
+      cells.append({("?", command)})
+  kept = []
+  for i, command in enumerate(commands):
+    redone = set().union(*cells[i + 1:])
+    if i == len(commands) - 1 or (cells[i] and not cells[i] <= redone):
+      kept.append(command)
+  return kept
+
+
+def _parser(dataset: str = "mnist") -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataset", default=dataset, choices=tuple(CONFIGS))
+  parser.add_argument("--out", required=True, help="Markdown file to write (a .json of runs beside it).")
+  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", REPO.parent / "shared" / "data"))
+  parser.add_argument("--workdir", help="Folder of the per-run trainer folders (default runs/<out stem>).")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--epochs", type=int, help="Epochs of every model (default: each config's num_epochs).")
+  parser.add_argument("--mlp-epochs", type=int, help="Epochs of the MLP (default: --epochs).")
+  parser.add_argument("--lenet-epochs", type=int, help="Epochs of LeNet-5 (default: --epochs).")
+  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--train-limit", type=int, default=0, help="Keep the first N training images.")
+  parser.add_argument("--models", nargs="*", choices=MODELS, help="Default: the dataset's models.")
+  parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=RECIPES)
+  parser.add_argument("--timed-steps", type=int, default=TIMED_STEPS, help="Train steps timed per recipe.")
+  parser.add_argument("--budget-hours", type=float, help="The CPU-hour budget to state beside the numbers.")
+  parser.add_argument("--merge", action="store_true",
+                      help="Keep the cells of an earlier run in --out (its .json) that this run does not redo.")
+  parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSON",
+                      help="Also keep the cells (and commands) of these .json files of other runs, e.g. runs "
+                           "of other cells made in parallel; `--models` with no value only merges.")
+  parser.add_argument("--set", nargs="*", default=[],
+                      help="Config overrides FIELD=VALUE, OPTIMIZER.FIELD=VALUE or MODEL.FIELD=VALUE with Python "
+                           "literal values, e.g. bort_sgd.gamma=0.1 \"mlp.bort_rules=(('layers/2/kernel', 0.0),)\".")
+  return parser
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+  """Fills the defaults that depend on --dataset: models, per-model epochs and the workdir."""
+  if args.models is None:
+    args.models = list(CONFIGS[args.dataset])
+  unknown = [m for m in args.models if m not in CONFIGS[args.dataset]]
+  if unknown:
+    raise ValueError(f"--models {unknown} are not accepted for --dataset {args.dataset}; accepted values: "
+                     f"{', '.join(CONFIGS[args.dataset])}.")
+  flags = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
+  args.epochs_of = {m: flags.get(m) or args.epochs or module.get_config().num_epochs
+                    for m, module in CONFIGS[args.dataset].items()}
+  args.workdir = args.workdir or str(REPO / "runs" / pathlib.Path(args.out).stem)
+  return args
+
+
+def main(dataset: str = "mnist"):
+  parser = _parser(dataset)
+  args = resolve(parser.parse_args())
+  command = shlex.join(sys.argv[1:])
+  started = time.time()
+  results, commands = _load_previous(args.out, args.epochs_of) if args.merge else ({}, [])
+  for path in args.merge_from:
+    other_results, other_commands = _load_previous(path, args.epochs_of)
+    results.update(other_results)
+    commands += [c for c in other_commands if c not in commands]
+  commands = current_commands(commands + [command], parser)
+  if not args.models:
+    write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
+  cells = [(m, o) for m in args.models for o in args.optimizers]
+  for cell in cells:
+    results[cell] = []  # a redone cell starts over (its finished seeds are read back from their records)
+  for model, optimizer in cells:
+    for seed in args.seeds:
+      record = run_seed(args.dataset, model, optimizer, args.epochs_of[model], seed, args)
+      results[(model, optimizer)].append(record)
+      print(f"{args.dataset} {model} {optimizer} seed {seed}: acc {record['test_accuracy']:.4f} gap "
+            f"{record['gap']:.4f} PSNR {record['psnr']:.2f} dB ({record['seconds']:.0f}s)", flush=True)
+      write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
+
+
+if __name__ == "__main__":
+  main()
