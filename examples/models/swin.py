@@ -8,8 +8,9 @@ concatenates 2x2 neighbours (4C) and maps LN(4C) -> 2C. Swin-T: depths (2, 2, 6,
 both C = 96 (x2 per stage), heads (3, 6, 12, 24), w = 7, drop path 0.2 / 0.3 growing linearly over blocks.
 
 Projections are ``nnx.LinearGeneral`` named ``query``/``key``/``value``/``out`` as in ``nnx.MultiHeadAttention``
-(so ``bort_jax.nnx_views`` reads one dim x dim matrix for each); the bias table is a leaf named
-``relative_position_bias_table``, which Bort's default mask (``kernel`` leaves) leaves alone.
+(so ``bort_jax.nnx_views`` reads one dim x dim matrix for each); the bias table is an ``nnx.Embed`` looked up
+by relative offset (``relative_position_bias/embedding``), which Bort's default mask (``kernel`` leaves) leaves
+alone.
 """
 
 import functools
@@ -71,14 +72,15 @@ class WindowAttention(nnx.Module):
     self.key = nnx.LinearGeneral(dim, (num_heads, head_dim), **kw)
     self.value = nnx.LinearGeneral(dim, (num_heads, head_dim), **kw)
     self.out = nnx.LinearGeneral((num_heads, head_dim), dim, axis=(-2, -1), **kw)
-    self.relative_position_bias_table = nnx.Param(_INIT(rngs.params(), ((2 * window - 1) ** 2, num_heads)))
+    # The ((2w-1)^2, heads) table B, looked up by relative_position_index: an embedding, not a kernel.
+    self.relative_position_bias = nnx.Embed((2 * window - 1) ** 2, num_heads, embedding_init=_INIT, rngs=rngs)
     self.window = window
 
   def __call__(self, x: jax.Array, mask: np.ndarray | None = None) -> jax.Array:
     """``x``: (B · windows, w², C); ``mask``: (windows, w², w²) bool or None."""
     q, k, v = self.query(x), self.key(x), self.value(x)
     logits = jnp.einsum("btnh,bsnh->bnts", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
-    bias = self.relative_position_bias_table[...][relative_position_index(self.window)]  # (T, T, heads)
+    bias = self.relative_position_bias(relative_position_index(self.window))  # (T, T, heads)
     logits = logits + jnp.transpose(bias, (2, 0, 1))
     if mask is not None:
       shape = logits.shape

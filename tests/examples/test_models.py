@@ -70,6 +70,8 @@ SMALL = {
     "deit_s": ((1, 32, 32, 3), dict(image_size=32, dim=24, depth=1)),
     "vit_b16": ((1, 32, 32, 3), dict(image_size=32, dim=24, depth=1)),
     "vit_tiny": ((2, 32, 32, 3), dict(dim=24, depth=1)),
+    "swin_t": ((1, 32, 32, 3), dict(image_size=32, embed_dim=12, depths=(2, 2), num_heads=(3, 6), window_size=4)),
+    "swin_s": ((1, 32, 32, 3), dict(image_size=32, embed_dim=12, depths=(2, 2), num_heads=(3, 6), window_size=4)),
 }
 
 

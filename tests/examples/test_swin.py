@@ -24,7 +24,7 @@ def test_full_size_parameter_counts_and_exact_views(name, count):
     rows = bort_jax.describe(params, views=bort_jax.nnx_views(model))
   kernels = [r for r in rows if r[0].endswith("/kernel")]
   assert kernels and all(r[5] == "constrained" and r[6].startswith("views rule") for r in kernels)
-  tables = [r for r in rows if r[0].endswith("relative_position_bias_table")]
+  tables = [r for r in rows if r[0].endswith("relative_position_bias/embedding")]
   assert len(tables) == sum((2, 2, 6, 2) if name == "swin_t" else (2, 2, 18, 2))
   assert all(r[1][0] == 13 * 13 and r[5] == "not a kernel" for r in tables)
 
@@ -41,7 +41,7 @@ def test_relative_position_index_against_a_loop():
 
 def test_bias_table_rows_are_shared_by_equal_offsets():
   model = swin.WindowAttention(8, 2, 3, use_bias=True, dtype=jnp.float32, rngs=nnx.Rngs(0))
-  table = np.asarray(model.relative_position_bias_table[...])
+  table = np.asarray(model.relative_position_bias.embedding[...])
   bias = table[swin.relative_position_index(3)]  # (T, T, heads)
   # Tokens (0,0)->(1,1) and (1,1)->(2,2) have the same offset, hence the same bias; (0,0)->(0,0) is row 12.
   np.testing.assert_array_equal(bias[0, 4], bias[4, 8])
