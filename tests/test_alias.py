@@ -187,3 +187,13 @@ def test_bort_lamb_matches_a_numpy_lamb_with_the_correction():
 def test_bort_lamb_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
     bj.bort_lamb(0.1, 0.1, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [optax.scale_by_lion, optax.scale_by_factored_rms])
+def test_the_readme_chain_puts_the_correction_outside_any_optimizers_scaling(scale):
+  # Zero gradients: Lion's sign and Adafactor's RMS scaling move nothing, so the step is exactly −η·γ·Δ.
+  params = {"fc": {"kernel": jnp.full((5, 2), 0.8)}}
+  tx = optax.chain(scale(), bj.add_bort_correction(0.5), optax.scale_by_learning_rate(0.1))
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["fc"]["kernel"], -0.1 * 0.5 * bj.bort_correction(params["fc"]["kernel"]),
+                             rtol=1e-6)
