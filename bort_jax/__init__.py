@@ -8,6 +8,7 @@ converges to PCA). Kernels are read in the Flax orientation ``M = kernel.reshape
 import importlib.metadata
 
 from bort_jax._src.alias import bort_adamw
+from bort_jax._src.alias import bort_lamb
 from bort_jax._src.alias import bort_sgd
 from bort_jax._src.alias import torch_momentum
 from bort_jax._src.capture import capture_linen_io
@@ -54,6 +55,7 @@ __all__ = (
     "add_dbort_term",
     "bort_adamw",
     "bort_correction",
+    "bort_lamb",
     "bort_penalty",
     "bort_sgd",
     "capture_linen_io",

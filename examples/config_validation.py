@@ -77,6 +77,7 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
   _number(config, "b1", unit_interval, "a float in [0, 1)")
   _number(config, "b2", unit_interval, "a float in [0, 1)")
   _number(config, "eps", positive, "a float > 0")
+  _number(config, "grad_clip_norm", non_negative, "a float >= 0 (0: no clipping)")
   _number(config, "gamma", non_negative, "a float >= 0")
   _number(config, "alpha", positive, "a float > 0")
   _number(config, "dbort_lambda", non_negative, "a float >= 0")

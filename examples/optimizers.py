@@ -1,8 +1,10 @@
-"""Learning-rate schedule and optimizer from a config: SGD / AdamW baselines and their Bort versions.
+"""Learning-rate schedule and optimizer from a config: SGD / AdamW / LAMB baselines and their Bort versions.
 
 Baselines follow PyTorch so Bort-vs-baseline comparisons change one thing only: SGD gets coupled weight
-decay (g + wd * w, before momentum), AdamW decoupled decay. The Bort optimizers add
-gamma * Delta(M) to every constrained kernel (Zhang et al., "Bort", ICLR 2023).
+decay (g + wd * w, before momentum), AdamW decoupled decay, LAMB (You et al., ICLR 2020) optax's form (decay
+added to the Adam direction before the layer-wise trust ratio). The Bort optimizers add gamma * Delta(M) to
+every constrained kernel (Zhang et al., "Bort", ICLR 2023); `grad_clip_norm > 0` clips the gradient's global
+norm first (before the correction, which is not a gradient).
 
 `OPTIMIZERS` is the one list of `config.optimizer` names: config validation, the benchmarks' choices and
 `create_optimizer` all read it.
@@ -62,6 +64,17 @@ def _bort_adamw(config, lr, views):
                              rules=bort_rules(config), views=views)
 
 
+def _lamb(config, lr, views):
+  del views
+  return optax.lamb(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+
+
+def _bort_lamb(config, lr, views):
+  return bort_jax.bort_lamb(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps,
+                            weight_decay=config.weight_decay, alpha=_alpha(config), mode=config.bort_mode,
+                            rules=bort_rules(config), views=views)
+
+
 class OptimizerSpec(NamedTuple):
   """One `config.optimizer` choice: how to build it and whether it applies the Bort correction."""
   build: Callable[[ml_collections.ConfigDict, optax.Schedule, object], optax.GradientTransformation]
@@ -74,6 +87,8 @@ OPTIMIZERS = {
     "bort_sgd": OptimizerSpec(_bort_sgd, bort=True),
     "adamw": OptimizerSpec(_adamw, bort=False),
     "bort_adamw": OptimizerSpec(_bort_adamw, bort=True),
+    "lamb": OptimizerSpec(_lamb, bort=False),
+    "bort_lamb": OptimizerSpec(_bort_lamb, bort=True),
 }
 
 
@@ -87,7 +102,10 @@ def create_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int, vi
     raise ValueError(f"config.optimizer={config.optimizer!r} is not accepted; accepted values: "
                      f"{', '.join(repr(name) for name in OPTIMIZERS)}.")
   lr = learning_rate_schedule(config, steps_per_epoch)
-  return OPTIMIZERS[config.optimizer].build(config, lr, views), lr
+  tx = OPTIMIZERS[config.optimizer].build(config, lr, views)
+  if config.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return tx, lr
 
 
 def check_gamma(config: ml_collections.ConfigDict, params, views=None) -> float | None:
@@ -95,7 +113,7 @@ def check_gamma(config: ml_collections.ConfigDict, params, views=None) -> float 
   `config.gamma` exceeds it. None for the baselines and the l1 modes (which have no such bound)."""
   if not OPTIMIZERS[config.optimizer].bort or not config.bort_mode.startswith("l2"):
     return None
-  adamw = config.optimizer == "bort_adamw"
+  adamw = config.optimizer in ("bort_adamw", "bort_lamb")  # both move by −lr·γ·Δ outside the adaptive scaling
   bound = bort_jax.stable_gamma(
       params, config.learning_rate, momentum=0.0 if adamw else config.momentum,
       nesterov=not adamw and config.nesterov, optimizer="adamw" if adamw else "sgd", mode=config.bort_mode,

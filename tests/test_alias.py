@@ -1,4 +1,5 @@
-"""bort_sgd / bort_adamw against NumPy re-derivations of the reference BortS / BortA steps."""
+"""bort_sgd / bort_adamw against NumPy re-derivations of the reference BortS / BortA steps; bort_lamb against
+optax.lamb (γ = 0) and a NumPy LAMB with the correction outside the trust ratio."""
 
 import jax
 import jax.numpy as jnp
@@ -133,3 +134,66 @@ def test_bort_adamw_without_gamma_is_optax_adamw():
   theirs = run_ours(optax.adamw(0.1), kernel, bias, grads)
   np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_bort_lamb_without_gamma_is_optax_lamb(weight_decay):
+  kernel, bias, grads = params_and_grads(4, seed=4)
+  ours = run_ours(bj.bort_lamb(0.05, 0.0, weight_decay=weight_decay), kernel, bias, grads)
+  theirs = run_ours(optax.lamb(0.05, weight_decay=weight_decay), kernel, bias, grads)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(ours[1], theirs[1], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_zero_gradient_step_is_the_trust_scaled_decay_plus_unscaled_correction(weight_decay):
+  # Zero gradients: Adam gives 0, so r = λW and the trust ratio ‖W‖/‖λW‖ turns it into W (λ > 0) or leaves 0.
+  lr, gamma = 0.1, 0.5
+  kernel, _, _ = params_and_grads(0, seed=5)
+  params = {"fc": {"kernel": jnp.asarray(kernel, jnp.float32)}}
+  tx = bj.bort_lamb(lr, gamma, weight_decay=weight_decay)
+  updates, _ = jax.jit(tx.update)(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  w = kernel.T  # torch orientation (out, fan_in)
+  expected = -lr * ((w if weight_decay else 0.0) + gamma * delta_l2_full(w, 1.0))
+  np.testing.assert_allclose(updates["fc"]["kernel"], expected.T, rtol=1e-5, atol=1e-6)
+
+
+def test_bort_lamb_matches_a_numpy_lamb_with_the_correction():
+  lr, gamma, weight_decay, b1, b2, eps, steps = 1e-2, 0.2, 0.05, 0.9, 0.999, 1e-6, 5
+  kernel, bias, grads = params_and_grads(steps, seed=6)
+  ours = run_ours(bj.bort_lamb(lr, gamma, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay), kernel, bias, grads)
+  w, b = kernel.T.copy(), bias.copy()
+  moments = [[np.zeros_like(w), np.zeros_like(w)], [np.zeros_like(b), np.zeros_like(b)]]
+  for t, (gk, gb) in enumerate(grads, start=1):
+    for i, (p, g) in enumerate(((w, gk.T), (b, gb))):
+      m, v = moments[i]
+      m[...] = b1 * m + (1 - b1) * g
+      v[...] = b2 * v + (1 - b2) * g * g
+      r = (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps) + weight_decay * p
+      step = np.linalg.norm(p) / np.linalg.norm(r) * r
+      if i == 0:
+        step = step + gamma * delta_l2_full(p, 1.0)
+      p -= lr * step
+  np.testing.assert_allclose(ours[0], w.T, rtol=2e-5, atol=2e-6)
+  np.testing.assert_allclose(ours[1], b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(b1=1.5), r"b1 must be a number in \[0, 1\), got 1.5."),
+    (dict(eps=-1.0), "eps must be a non-negative number"),
+    (dict(weight_decay=-0.1), "weight_decay must be a non-negative number"),
+    (dict(mode="fullrow"), "mode must be one of"),
+])
+def test_bort_lamb_bad_arguments(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    bj.bort_lamb(0.1, 0.1, **kwargs)
+
+
+@pytest.mark.parametrize("scale", [optax.scale_by_lion, optax.scale_by_factored_rms])
+def test_the_readme_chain_puts_the_correction_outside_any_optimizers_scaling(scale):
+  # Zero gradients: Lion's sign and Adafactor's RMS scaling move nothing, so the step is exactly −η·γ·Δ.
+  params = {"fc": {"kernel": jnp.full((5, 2), 0.8)}}
+  tx = optax.chain(scale(), bj.add_bort_correction(0.5), optax.scale_by_learning_rate(0.1))
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["fc"]["kernel"], -0.1 * 0.5 * bj.bort_correction(params["fc"]["kernel"]),
+                             rtol=1e-6)

@@ -6,7 +6,8 @@ import bort_jax
 
 PUBLIC = {
     "BortCorrectionState", "GammaBound", "GapStats", "KernelView", "LayerIO", "MODES", "ViewGuessWarning",
-    "add_bort_correction", "add_dbort_term", "bort_adamw", "bort_correction", "bort_penalty", "bort_sgd",
+    "add_bort_correction", "add_dbort_term", "bort_adamw", "bort_correction", "bort_lamb", "bort_penalty",
+    "bort_sgd",
     "capture_linen_io", "conv_io", "dbort_loss", "default_view", "dense_io", "describe", "from_matrix",
     "gap_summary", "kernel_mask", "linen_views", "matrix_gap", "nnx_views", "orthogonality_gap", "orthogonalize",
     "polar_newton_schulz", "project_row_norms", "stable_gamma", "to_matrix", "torch_momentum",

@@ -162,7 +162,7 @@ def test_dbort_activation_of_the_wrong_shape_names_the_kernel():
     tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params, dbort_activations={"fc/kernel": io})
 
 
-@pytest.mark.parametrize("alias", [bj.bort_sgd, bj.bort_adamw])
+@pytest.mark.parametrize("alias", [bj.bort_sgd, bj.bort_adamw, bj.bort_lamb])
 def test_aliases_accept_every_option_of_add_bort_correction(alias):
   # decoupled_decay is bort_adamw's own lr·weight_decay, not a user option of the aliases.
   correction = set(inspect.signature(bj.add_bort_correction).parameters) - {"gamma", "decoupled_decay", "decoupled_decay_mask"}

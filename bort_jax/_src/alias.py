@@ -1,4 +1,4 @@
-"""Bort optimizers: ``bort_sgd`` (reference ``BortS``) and ``bort_adamw`` (reference ``BortA``).
+"""Bort optimizers: ``bort_sgd`` (reference ``BortS``), ``bort_adamw`` (reference ``BortA``) and ``bort_lamb``.
 
 Argument map from the reference PyTorch optimizers (github.com/zbr17/Bort):
 
@@ -231,5 +231,70 @@ def bort_adamw(
           gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k,
           group_same_shape=group_same_shape, precision=precision, decoupled_decay=decoupled_decay,
           decoupled_decay_mask=weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  ))
+
+
+def bort_lamb(
+    learning_rate: optax.ScalarOrSchedule,
+    gamma: optax.ScalarOrSchedule,
+    *,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-6,
+    weight_decay: float = 0.0,
+    alpha: correction.Amplitude = 1.0,
+    mode: correction.Mode = "l2-full",
+    mask: masking.Mask = None,
+    rules: Optional[masking.Rules] = None,
+    layout: views_lib.Layout = "flax",
+    views: Optional[views_lib.ViewRules] = None,
+    every_k: int = 1,
+    group_same_shape: Optional[bool] = None,
+    precision: km.Precision = "highest",
+    weight_decay_mask: masking.Mask = None,
+) -> optax.GradientTransformation:
+  """``optax.lamb`` whose weights also move by −η·γ·Δ(W), outside the trust ratio (BortA's form for LAMB).
+
+  .. math::
+    r = \\hat m/(\\sqrt{\\hat v}+\\epsilon) + \\lambda W, \\quad
+    W \\leftarrow W - \\eta\\, \\frac{\\|W\\|}{\\|r\\|}\\, r - \\eta\\gamma\\Delta(W)
+
+  The correction is added after ``scale_by_trust_ratio``: inside it, the layer-wise ratio ‖W‖/‖r + γΔ‖ would
+  renormalise γΔ to the step length of the layer and make γ a direction weight rather than a strength. LAMB has
+  no separate decay step (λW is part of the direction the trust ratio rescales), so Δ is evaluated at W, not at
+  BortA's decayed (1 − ηλ)W; with λ = 0 the two coincide. With γ = 0 this is ``optax.lamb``.
+  Any optax optimizer takes the correction the same way: put :func:`bort_jax.add_bort_correction` just before
+  its ``scale_by_learning_rate`` (e.g. after ``scale_by_lion`` or ``scale_by_factored_rms``).
+
+  Args:
+    learning_rate: η, float or schedule.
+    gamma: γ, float or schedule.
+    b1, b2, eps: Adam moments, as ``optax.lamb``; b1, b2 in [0, 1), eps ≥ 0.
+    weight_decay: λ ≥ 0, added to the Adam direction before the trust ratio (as ``optax.lamb``); applied to
+      ``weight_decay_mask`` (default: every leaf).
+    alpha, mode, mask, rules, layout, views, every_k, group_same_shape, precision: see
+      :func:`bort_jax.add_bort_correction`.
+
+  References:
+    Zhang et al., ICLR 2023; You et al., "Large Batch Optimization for Deep Learning: Training BERT in 76
+    minutes", ICLR 2020.
+
+  Example:
+    >>> import jax.numpy as jnp, bort_jax as bj
+    >>> params = {"fc": {"kernel": 2.0 * jnp.eye(2)}}
+    >>> tx = bj.bort_lamb(learning_rate=0.1, gamma=0.5)
+    >>> updates, state = tx.update({"fc": {"kernel": jnp.zeros((2, 2))}}, tx.init(params), params)
+    >>> jnp.diag(updates["fc"]["kernel"])  # zero gradient: only −η·γ·Δ, not trust-ratio scaled
+    Array([-0.3, -0.3], dtype=float32)
+  """
+  _check_adamw_args(learning_rate, b1, b2, eps, weight_decay, weight_decay_mask)
+  return same_boxing("bort_lamb", optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+      optax.add_decayed_weights(weight_decay, mask=weight_decay_mask),
+      optax.scale_by_trust_ratio(),
+      transform.add_bort_correction(
+          gamma, alpha, mode, mask=mask, rules=rules, layout=layout, views=views, every_k=every_k,
+          group_same_shape=group_same_shape, precision=precision),
       optax.scale_by_learning_rate(learning_rate),
   ))

@@ -9,7 +9,10 @@ them (MaxText's ``param_scan_axis=1`` included). flax is imported lazily.
 """
 
 import re
-from typing import Any, Dict, List, Tuple
+from typing import Any
+from typing import Dict
+from typing import List
+from typing import Tuple
 
 import jax
 

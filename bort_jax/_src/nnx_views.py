@@ -10,7 +10,11 @@ by matching the layer's own kernel shape. flax is imported lazily.
 
 import itertools
 import re
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any
+from typing import List
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
 
 from bort_jax._src.views import KernelView
 

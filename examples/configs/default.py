@@ -4,9 +4,10 @@ Every field is validated by `examples.config_validation.validate_config` before 
 
 Choosing gamma. Bort-SGD adds gamma * Delta to the gradient before momentum, so its correction moves a
 weight by about lr * gamma / (1 - momentum) per step; Bort-AdamW adds lr * gamma * Delta after the Adam
-scaling (BortA). The recipes match the two: gamma_adamw = gamma_sgd * lr_sgd / ((1 - momentum) * lr_adamw)
-(MNIST: 0.01 * 0.05 / (0.1 * 1e-3) = 5). Only the MNIST values were checked here (embedded subset:
-offdiag gap 2-5x smaller at equal accuracy); the CIFAR/ImageNet gammas are starting points.
+scaling (BortA), Bort-LAMB after the trust ratio. The recipes match them: gamma_adamw = gamma_sgd * lr_sgd /
+((1 - momentum) * lr_adamw), the same for LAMB (MNIST: 0.01 * 0.05 / (0.1 * 1e-3) = 5). Only the MNIST
+values were checked here (embedded subset: offdiag gap 2-5x smaller at equal accuracy); the CIFAR/ImageNet
+gammas are starting points.
 """
 
 import ml_collections
@@ -32,17 +33,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_workers = 0  # grain worker processes that read and augment (0: the training process does).
   c.normalize = True  # False: pixels enter as x / 255 in [0, 1] (nets explained on raw pixels).
 
-  # Optimizer: "sgd" | "bort_sgd" | "adamw" | "bort_adamw".
+  # Optimizer: "sgd" | "bort_sgd" | "adamw" | "bort_adamw" | "lamb" | "bort_lamb".
   c.optimizer = "sgd"
   c.learning_rate = 0.1
   c.lr_schedule = "cosine"  # "cosine" (to 0 over the run) | "constant"; both after a linear warmup.
   c.warmup_epochs = 0.0
   c.momentum = 0.9
   c.nesterov = False
-  c.weight_decay = 5e-4  # SGD: coupled (PyTorch style); AdamW: decoupled.
+  c.weight_decay = 5e-4  # SGD: coupled (PyTorch style); AdamW: decoupled; LAMB: inside the trust ratio.
   c.b1 = 0.9
   c.b2 = 0.999
   c.eps = 1e-8
+  c.grad_clip_norm = 0.0  # > 0: clip the gradient's global L2 norm to this (0: no clipping).
 
   # Bort (only read by the bort_* optimizers): correction strength, amplitude and mode.
   c.gamma = 1e-2

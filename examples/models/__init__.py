@@ -15,10 +15,12 @@ from flax import nnx
 from examples.models.explain import BcosNet, ConvNet
 from examples.models.resnet import BasicBlock, BottleneckBlock, ResNet
 from examples.models.small import LeNet5, MLP
+from examples.models.swin import Swin, SwinBlock
 from examples.models.vgg import VGG16
 from examples.models.vit import EncoderBlock, ViT
 
 __all__ = ["MLP", "LeNet5", "ResNet", "BasicBlock", "BottleneckBlock", "VGG16", "ViT", "EncoderBlock",
+           "Swin", "SwinBlock",
            "ModelSpec", "MODELS", "create_model"]
 
 
@@ -53,6 +55,8 @@ MODELS = {
     # DeiT-Ti width on 4x4 patches of 32x32 images: for tests and CPU smoke runs.
     "vit_tiny": ModelSpec(functools.partial(ViT, image_size=32, patch_size=4, dim=192, depth=4, num_heads=3),
                           sows_outputs=True),
+    "swin_t": ModelSpec(functools.partial(Swin, depths=(2, 2, 6, 2), drop_path_rate=0.2)),
+    "swin_s": ModelSpec(functools.partial(Swin, depths=(2, 2, 18, 2), drop_path_rate=0.3)),
 }
 
 

@@ -7,6 +7,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from examples import optimizers
@@ -16,7 +17,7 @@ from examples.configs import default
 CONFIG_DIR = pathlib.Path(train.__file__).parent / "configs"
 CONFIG_NAMES = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
 REQUIRED = {"mnist_mlp", "mnist_lenet", "fashion_mnist_mlp", "fashion_mnist_lenet", "cifar10_resnet18",
-            "imagenet_resnet50", "imagenet_vgg16", "imagenet_deit_s", "mnist_small_demo"}
+            "imagenet_resnet50", "imagenet_vgg16", "imagenet_deit_s", "imagenet_swin_s", "mnist_small_demo"}
 
 
 def _module(name):
@@ -41,7 +42,9 @@ def test_every_config_and_recipe_validates(name):
 def test_bort_recipes_change_only_the_correction(name):
   """Bort-vs-baseline comparisons change one thing: the optimizer name and its Bort fields."""
   recipes = _module(name).RECIPES
-  for base, bort in (("sgd", "bort_sgd"), ("adamw", "bort_adamw")):
+  pairs = [(base, "bort_" + base) for base in ("sgd", "adamw", "lamb") if base in recipes]
+  assert pairs and all(bort in recipes for _, bort in pairs)
+  for base, bort in pairs:
     extra = {k: v for k, v in recipes[bort].items() if recipes[base].get(k) != v}
     assert set(extra) <= {"optimizer", "gamma", "alpha", "adaptive_alpha", "bort_mode"}, extra
 
@@ -52,7 +55,8 @@ def test_unknown_recipe_lists_the_recipes():
 
 
 BAD_VALUES = [
-    ("optimizer", "adam", "'sgd', 'bort_sgd', 'adamw', 'bort_adamw'"),
+    ("optimizer", "adam", "'sgd', 'bort_sgd', 'adamw', 'bort_adamw', 'lamb', 'bort_lamb'"),
+    ("grad_clip_norm", -1.0, "a float >= 0 (0: no clipping)"),
     ("model", "resnet1000", "'lenet5'"),
     ("dataset", "svhn", "'mnist'"),
     ("lr_schedule", "step", "'cosine', 'constant'"),
@@ -118,6 +122,23 @@ def test_bort_rules_scale_the_correction_per_kernel():
   assert not np.allclose(bort["fc2"]["kernel"], sgd["fc2"]["kernel"], rtol=1e-4)
 
 
+def test_grad_clip_norm_clips_the_gradient_before_the_correction():
+  """The update is the unclipped Bort-SGD's on the gradient scaled to global norm 1; Δ itself is not clipped."""
+  config = _module("mnist_small_demo").get_config()
+  config.update(dict(optimizer="bort_sgd", gamma=0.5, warmup_epochs=0.0, grad_clip_norm=1.0))
+  clipped_tx, _ = optimizers.create_optimizer(config, 10)
+  config.grad_clip_norm = 0.0
+  plain_tx, _ = optimizers.create_optimizer(config, 10)
+  params = {"fc": {"kernel": jnp.eye(4)[:, :3] * 1.5, "bias": jnp.ones(3)}}
+  grads = jax.tree.map(lambda p: 10.0 * jnp.ones_like(p), params)
+  scaled = jax.tree.map(lambda g: g / optax.tree.norm(grads), grads)
+  update = lambda tx, g: tx.update(g, tx.init(params), params)[0]
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), update(clipped_tx, grads),
+               update(plain_tx, scaled))
+  assert not np.allclose(update(clipped_tx, grads)["fc"]["bias"], update(plain_tx, grads)["fc"]["bias"])
+  assert _module("imagenet_swin_s").get_config().grad_clip_norm == 5.0
+
+
 def test_cross_field_checks():
   config = default.get_config()
   config.warmup_epochs = float(config.num_epochs)
@@ -128,8 +149,8 @@ def test_cross_field_checks():
   with pytest.raises(ValueError, match=r"config\.nesterov=True.*False when momentum == 0"):
     train.validate(config)
   config = default.get_config()
-  config.model, config.dbort_lambda = "resnet18", 1e-3
-  with pytest.raises(ValueError, match=r"config\.model='resnet18'.*dbort_lambda > 0.*'lenet5', 'mlp'"):
+  config.model, config.dbort_lambda = "vgg16", 1e-3
+  with pytest.raises(ValueError, match=r"config\.model='vgg16'.*dbort_lambda > 0.*'lenet5', 'mlp'"):
     train.validate(config)
 
 

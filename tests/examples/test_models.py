@@ -73,6 +73,8 @@ SMALL = {
     "explain_cnn": ((2, 28, 28, 1), dict(channels=(4, 4), strides=(2, 1))),
     "bcos_mlp": ((2, 28, 28, 1), dict(widths=(8,), image_shape=(28, 28, 1))),
     "bcos_cnn": ((2, 28, 28, 1), dict(widths=(4, 4), strides=(2, 1), image_shape=(28, 28, 1))),
+    "swin_t": ((1, 32, 32, 3), dict(image_size=32, embed_dim=12, depths=(2, 2), num_heads=(3, 6), window_size=4)),
+    "swin_s": ((1, 32, 32, 3), dict(image_size=32, embed_dim=12, depths=(2, 2), num_heads=(3, 6), window_size=4)),
 }
 BIAS_FREE = {"bcos_mlp", "bcos_cnn"}  # B-cos layers have no bias: use_bias=True is refused
 
