@@ -36,8 +36,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import bort_jax
 from benchmarks import update_speed
+import bort_jax
 from examples import models as models_lib
 
 DEFAULT_OUT = "benchmarks/results/accelerator_step.md"

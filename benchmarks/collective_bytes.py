@@ -99,12 +99,17 @@ if __name__ == "__main__":
 
 import jax  # noqa: E402  (after the re-execution above)
 import jax.numpy as jnp  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
 import optax  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
-import bort_jax as bj  # noqa: E402
 from benchmarks import shapes as shapes_lib  # noqa: E402
-from bort_jax._src import correction, kernel_matrix as km, plan as plan_lib, views as views_lib  # noqa: E402
+import bort_jax as bj  # noqa: E402
+from bort_jax._src import correction  # noqa: E402
+from bort_jax._src import kernel_matrix as km  # noqa: E402
+from bort_jax._src import plan as plan_lib  # noqa: E402
+from bort_jax._src import views as views_lib  # noqa: E402
 
 OPTIMIZERS = {
     "optax.sgd": lambda: optax.sgd(0.1),
@@ -249,7 +254,8 @@ def summary(result):
   """What the table shows, in words computed from its numbers."""
   rows = result["rows"]
   devices = math.prod(result["mesh"].values())
-  sentences = [f"optax.sgd moves {_mb(_moved(rows['optax.sgd']))} MB, so everything the Bort rows move is added by Bort."]
+  sgd_mb = _mb(_moved(rows["optax.sgd"]))
+  sentences = [f"optax.sgd moves {sgd_mb} MB, so everything the Bort rows move is added by Bort."]
   for name in MODES:
     row = rows[name]
     sentences.append(

@@ -4,8 +4,8 @@ Reported as measured, whichever way they go: each line is PASS or FAIL with both
 a side has no number (e.g. no pointing-game grid could be built from a model's confident images).
 """
 
-import math
 from collections.abc import Mapping
+import math
 
 CLAIMS_TITLE = "## Bort's claims, checked on the means above"
 

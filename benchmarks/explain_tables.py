@@ -1,9 +1,10 @@
 """Markdown tables of an explainability report: seeds aggregated, one table per metric family, each captioned
 with the protocol :func:`examples.explain_protocol.evaluate` followed."""
 
+from collections.abc import Mapping
+from collections.abc import Sequence
 import json
 import pathlib
-from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -84,7 +85,8 @@ def default_captions(config: Mapping) -> dict[str, str]:
                         "images; PSNR with peak 1 on raw x̂, and of the best scalar multiple c·x̂)",
       "pointing_game": f"Grid pointing game, B-cos protocol (Böhle et al. 2022): up to {get('num_grids', 500)} "
                        "grids per size from each model's correctly classified test images with sigmoid(top "
-                       "logit) > 0.5 (for every model, as the authors' code does: top logit > 0 for softmax-trained ones), "
+                       "logit) > 0.5 (for every model, as the authors' code does: top logit > 0 for softmax-trained "
+                       "ones), "
                        "taken in decreasing confidence per class, distinct classes per grid "
                        "(seed 42); every cell explained for its own class and scored as positive attribution in "
                        "the cell / total positive attribution (channels summed; B-cos: both input encodings), "

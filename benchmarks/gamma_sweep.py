@@ -35,7 +35,8 @@ sweep is 12 baseline + 56 Bort (7 γ × 2 α × 2 modes × 2 optimizers) + at mo
 3 seeds). The defaults, 10 epochs for the MLP (≈ 30 s per baseline run, 75 s per Bort run: ≤ 1.6 h per
 sweep) and 3 for LeNet-5 (≈ 120 s / 165 s: ≤ 3.7 h per sweep), keep each sweep within a few CPU hours and all
 four within about 11 at that load (the first MNIST-MLP sweep, under lighter load, took 20 s per SGD/AdamW
-and 25-35 s per Bort run at 10 epochs: ≈ 40 min). The committed tables of `mnist_table.py` train 15 / 10 epochs; the shorter budgets
+and 25-35 s per Bort run at 10 epochs: ≈ 40 min). The committed tables of `mnist_table.py` train 15 / 10 epochs;
+the shorter budgets
 lower absolute accuracy a little (LeNet-5 ≈ 99.0 % instead of 99.2 % on MNIST) but every optimizer gets the
 same budget, which is what the comparison needs. `--epochs` and `--train-limit` shrink runs for smoke tests.
 
@@ -52,20 +53,20 @@ numbers check the pipeline and the selection, they are not publishable CIFAR-10 
 """
 
 import argparse
+from collections.abc import Sequence
 import dataclasses
 import os
-import shlex
 import pathlib
+import shlex
 import shutil
 import sys
 import time
-from collections.abc import Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 
 from benchmarks import gamma_sweep_report as report
 from benchmarks import jsonl_records
@@ -446,7 +447,8 @@ def main(argv=None):
   args = parse_args(argv)
   sweep = sweep_from_args(args, shlex.join(argv))
   if args.merge_from:
-    print(f"merged {jsonl_records.merge_records(sweep.jsonl, map(pathlib.Path, args.merge_from))} record(s) into {sweep.jsonl}")
+    merged = jsonl_records.merge_records(sweep.jsonl, map(pathlib.Path, args.merge_from))
+    print(f"merged {merged} record(s) into {sweep.jsonl}")
   stages = ("baselines", "bort", "final") if args.stage == "all" else (args.stage,)
   for stage in stages:
     if stage == "baselines":

@@ -11,10 +11,10 @@ verdict against the tuned baseline; γ ranges; the whole validation sweep; the e
 (validation accuracy and PSNR against γ, log axis, one line per optimizer/α/mode, tuned baseline as a band).
 """
 
+from collections.abc import Sequence
 import math
 import pathlib
 import typing
-from collections.abc import Sequence
 
 import jax
 import numpy as np
@@ -127,7 +127,8 @@ def gamma_ranges(records: Sequence[dict], chosen: dict, psnr_metric: str, rise_d
     both = [r["gamma"] for r in line if r["gamma"] in holds
             and _val(r, psnr_metric) > _val(baseline, psnr_metric) + rise_db]
     fmt = lambda gs: ", ".join(f"{g:g}" for g in gs) or "none"
-    lines.append(f"- bort_{baseline['optimizer']}, α={_fmt_alpha(alpha)}, {mode}: accuracy held at γ ∈ {{{fmt(holds)}}}; "
+    lines.append(f"- bort_{baseline['optimizer']}, α={_fmt_alpha(alpha)}, {mode}: "
+                 f"accuracy held at γ ∈ {{{fmt(holds)}}}; "
                  f"held with PSNR > baseline + {rise_db} dB at γ ∈ {{{fmt(both)}}}.")
   return lines
 
@@ -187,7 +188,8 @@ def write_report(sweep: "Sweep"):
                    f"{pick['baseline']['val_' + metric]:.2f} dB; tolerance {100 * pick['tolerance']:.2f} pt.")
     lines += gamma_ranges(records, pick, metric)
   lines += ["", "## Validation sweep (seed 0)", "",
-            "| stage | optimizer | lr | wd | γ | α | mode | val. acc. (%) | gap | PSNR (dB) | fitted PSNR (dB) | seconds |",
+            "| stage | optimizer | lr | wd | γ | α | mode | val. acc. (%) | gap | PSNR (dB) | fitted PSNR (dB) "
+            "| seconds |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in sorted((r for r in records if r["stage"] != "final"),
                   key=lambda r: (r["stage"] != "baselines", r["optimizer"], r["mode"], r["alpha"], r["gamma"],
@@ -201,7 +203,8 @@ def write_report(sweep: "Sweep"):
   jax_versions = sorted({r.get("jax", "?") for r in records})
   lines += ["", "## Exactly what was run", "",
             *(f"- `python -m benchmarks.gamma_sweep {c}`" for c in commands),
-            f"- Records (one line per finished setting, with every depth's reconstruction numbers): `{sweep.jsonl.name}`.",
+            "- Records (one line per finished setting, with every depth's reconstruction numbers): "
+            f"`{sweep.jsonl.name}`.",
             f"- Data: `{sweep.dataset}.npz` of the shared offline copy; models `{sweep.model}` with biases, float32; "
             f"jax {', '.join(jax_versions) or jax.__version__}; 2 shared CPU cores (seconds are wall time with other "
             "jobs running, not comparable across rows).",

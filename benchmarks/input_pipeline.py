@@ -25,8 +25,9 @@ import subprocess
 import time
 
 import jax
-import bort_jax
+
 from benchmarks import jsonl_records
+import bort_jax
 from examples import data as data_lib
 from examples import optimizers
 from examples import sharding

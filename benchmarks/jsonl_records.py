@@ -1,10 +1,10 @@
 """Append-only JSONL result files that survive a kill and merge across machines: one record per finished run,
 identified by its ``"key"``; the first record of a key wins."""
 
+from collections.abc import Iterable
 import json
 import os
 import pathlib
-from collections.abc import Iterable
 
 
 def read_records(path: pathlib.Path) -> list[dict]:

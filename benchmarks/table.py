@@ -33,8 +33,8 @@ import jax
 import ml_collections
 import numpy as np
 
-import bort_jax
 from benchmarks import gamma_sweep
+import bort_jax
 from examples import data as data_lib
 from examples import metrics_io
 from examples import optimizers

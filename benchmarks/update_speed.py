@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-import bort_jax
 from benchmarks import shapes as shapes_lib
+import bort_jax
 
 MODES = ("l2-full", "l1-fullrow", "l1-full")
 HYPER = dict(learning_rate=0.1, gamma=1e-4, momentum=0.9, weight_decay=1e-4)
@@ -263,7 +263,8 @@ def ratio_lines(rows, key="seconds"):
   lines = []
   for mode in [r["name"].split()[-1] for r in rows if r["name"].startswith("bort_sgd ") and "every_k" not in r["name"]]:
     bort, gemm = seconds[f"bort_sgd {mode}"], seconds[f"GEMM {mode}"]
-    line = f"{mode}: bort/sgd {bort / sgd:.2f}x, bort/GEMM {bort / gemm:.2f}x, (bort-sgd)/GEMM {(bort - sgd) / gemm:.2f}x"
+    line = (f"{mode}: bort/sgd {bort / sgd:.2f}x, bort/GEMM {bort / gemm:.2f}x, "
+            f"(bort-sgd)/GEMM {(bort - sgd) / gemm:.2f}x")
     if f"torch reference {mode}" in seconds:
       line += f", torch reference/bort {seconds[f'torch reference {mode}'] / bort:.2f}x"
     lines.append(line)

@@ -36,8 +36,8 @@ from bort_jax._src.stability import GammaBound
 from bort_jax._src.stability import stable_gamma
 from bort_jax._src.transform import BortCorrectionState
 from bort_jax._src.transform import add_bort_correction
-from bort_jax._src.views import KernelView
 from bort_jax._src.view_inference import default_view
+from bort_jax._src.views import KernelView
 from bort_jax._src.views import from_matrix
 from bort_jax._src.views import to_matrix
 

@@ -4,7 +4,8 @@ Each error names the offending field and the accepted values, e.g.
 `ValueError: config.optimizer='adam' is not accepted; accepted values: 'sgd', 'bort_sgd', ...`.
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 import numbers
 
 import ml_collections

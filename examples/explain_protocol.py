@@ -19,11 +19,14 @@ after (the captions of :func:`benchmarks.explain_tables.write_markdown` state th
 claims to check) is the caller's: ``benchmarks/explain_report.py`` is one.
 """
 
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 import functools
 import pathlib
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,9 +35,9 @@ import numpy as np
 import bort_jax
 from bort_jax.explain import adversarial
 from bort_jax.explain import attributions
-from bort_jax.explain.backtrack import backtrack as backtrack_fn
 from bort_jax.explain import metrics
 from bort_jax.explain import reconstruction
+from bort_jax.explain.backtrack import backtrack as backtrack_fn
 
 
 class ModelFns(NamedTuple):
@@ -283,7 +286,7 @@ def write_figure(panels: Mapping[str, np.ndarray], path: pathlib.Path, title: st
   A panel whose title is ``"input"`` or contains ``"x̂"`` is an image in [0, 1] ((N, H, W) gray or (N, H, W, 3)
   RGB); every other panel is an (N, H, W) saliency map.
   """
-  import matplotlib    # imported here: matplotlib is only in the examples/test extras, not in `flax`
+  import matplotlib  # imported here: matplotlib is only in the examples/test extras, not in `flax`
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   rows, cols = len(panels["input"]), len(panels)

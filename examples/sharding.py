@@ -9,7 +9,9 @@ axis is sharded.
 import os
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec
 import numpy as np
 
 DATA_AXIS = "data"

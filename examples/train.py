@@ -12,7 +12,8 @@ import functools
 import itertools
 import os
 import time
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 from flax import nnx
 import jax
@@ -54,7 +55,9 @@ def validate(config: ml_collections.ConfigDict):
   """Checks every config field (ValueError naming the field and the accepted values)."""
   config_validation.validate_config(config, model_names=sorted(models_lib.MODELS),
                                     dataset_names=sorted(data_lib.NORMALIZATION),
-                                    bort_modes=bort_jax.MODES, check_rules=lambda rules: bort_jax.add_bort_correction(0.0, rules=[tuple(r) for r in rules]))
+                                    bort_modes=bort_jax.MODES,
+                                    check_rules=lambda rules: bort_jax.add_bort_correction(
+                                        0.0, rules=[tuple(r) for r in rules]))
   if config.dbort_lambda > 0 and not models_lib.MODELS[config.model].sows_outputs:
     accepted = ", ".join(repr(n) for n, spec in sorted(models_lib.MODELS.items()) if spec.sows_outputs)
     raise ValueError(f"config.model={config.model!r} is not accepted with dbort_lambda > 0; accepted "

@@ -12,12 +12,15 @@ import sys
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import bort_jax as bj
-from bort_jax._src import correction, kernel_matrix as km
+from bort_jax._src import correction
+from bort_jax._src import kernel_matrix as km
 
 STACK_RULE = [("stack/kernel", 1)]  # one leading stacked-layer axis
 

@@ -102,7 +102,8 @@ def test_inject_hyperparams_traces_gamma_and_alpha():
   state = tx.init(params)
   state.hyperparams["gamma"] = jnp.asarray(0.5)
   updates, _ = jax.jit(tx.update)(grads, state, params)
-  assert_tree_close(updates, jax.tree.map(lambda g, d: g + 0.5 * d, grads, expected_delta(params)), rtol=1e-5, atol=1e-6)
+  expected = jax.tree.map(lambda g, d: g + 0.5 * d, grads, expected_delta(params))
+  assert_tree_close(updates, expected, rtol=1e-5, atol=1e-6)
   sgd = optax.inject_hyperparams(bj.bort_sgd)(learning_rate=0.1, gamma=0.2, momentum=0.9)
   jax.jit(sgd.update)(grads, sgd.init(params), params)
 
@@ -118,8 +119,8 @@ def test_masked_and_partition_leave_other_leaves_alone():
   labels = {"conv": {"kernel": "bort", "bias": "plain"}, "fc": {"kernel": "plain", "bias": "plain"}}
   part = optax.partition({"bort": bj.bort_sgd(1.0, 1.0), "plain": optax.sgd(1.0)}, labels)
   updates, _ = part.update(grads, part.init(params), params)
-  np.testing.assert_allclose(updates["conv"]["kernel"], -(grads["conv"]["kernel"] + expected_delta(params)["conv"]["kernel"]),
-                             rtol=1e-5, atol=1e-6)
+  expected = -(grads["conv"]["kernel"] + expected_delta(params)["conv"]["kernel"])
+  np.testing.assert_allclose(updates["conv"]["kernel"], expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(updates["fc"]["kernel"], -grads["fc"]["kernel"])
 
 

@@ -165,7 +165,8 @@ def test_dbort_activation_of_the_wrong_shape_names_the_kernel():
 @pytest.mark.parametrize("alias", [bj.bort_sgd, bj.bort_adamw, bj.bort_lamb])
 def test_aliases_accept_every_option_of_add_bort_correction(alias):
   # decoupled_decay is bort_adamw's own lr·weight_decay, not a user option of the aliases.
-  correction = set(inspect.signature(bj.add_bort_correction).parameters) - {"gamma", "decoupled_decay", "decoupled_decay_mask"}
+  own = {"gamma", "decoupled_decay", "decoupled_decay_mask"}
+  correction = set(inspect.signature(bj.add_bort_correction).parameters) - own
   assert correction <= set(inspect.signature(alias).parameters)
   tx = alias(0.1, 0.1, precision="default", group_same_shape=True)
   params = {"a": {"kernel": jnp.eye(3)}, "b": {"kernel": jnp.eye(3)}}

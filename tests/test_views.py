@@ -1,10 +1,10 @@
 """Kernel views, layouts and masks on Linen dicts and NNX State."""
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import bort_jax as bj
 from bort_jax._src.views import path_str

@@ -6,12 +6,12 @@ checks that a guessed view warns (naming the path) while a known one does not.
 
 import warnings
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import bort_jax as bj
 from bort_jax._src.views import path_str

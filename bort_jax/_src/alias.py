@@ -23,7 +23,8 @@ Difference by design: the reference corrects every parameter it is given (biases
 matrices); here only conv/dense/attention kernels are corrected unless ``mask`` says otherwise.
 """
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -197,7 +198,8 @@ def bort_adamw(
   """AdamW whose weights also move by −η·γ·Δ after decoupled decay, not Adam-scaled (BortA).
 
   .. math::
-    W' = (1 - \\eta\\lambda) W, \\quad W \\leftarrow W' - \\eta\\gamma\\Delta(W') - \\eta\\,\\hat m/(\\sqrt{\\hat v}+\\epsilon)
+    W' = (1 - \\eta\\lambda) W, \\quad
+    W \\leftarrow W' - \\eta\\gamma\\Delta(W') - \\eta\\,\\hat m/(\\sqrt{\\hat v}+\\epsilon)
 
   Args:
     learning_rate: η, float or schedule.

@@ -7,11 +7,13 @@ Python side. NNX models can ``sow`` the same pair and build :class:`LayerIO` wit
 :func:`conv_io`.
 """
 
+from collections.abc import Iterable
 import math
 import re
+from typing import Any
+from typing import Dict
+from typing import Tuple
 import warnings
-from collections.abc import Iterable
-from typing import Any, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -124,8 +126,8 @@ def capture_linen_io(module: Any, variables: Any, *args, **kwargs) -> Tuple[Any,
     ``variables["params"]``; the activations are under ``stop_gradient`` (DBort's gradient is layer-local).
     With ``mutable=...`` the output is ``(y, state)`` as from ``apply``.
   """
-  import flax.linen as nn  # flax is an optional dependency of bort_jax
   from flax import traverse_util
+  import flax.linen as nn  # flax is an optional dependency of bort_jax
 
   axis_names = plan_lib.axis_names_by_path(variables.get("params", {}))
   shapes: Dict[str, Tuple[tuple, ...]] = {}  # static shapes only: arrays leave through the collection

@@ -37,14 +37,15 @@ Reference: Zhang et al., "Bort: Towards Explainable Neural Networks with Bounded
 ICLR 2023, Eq. (9)-(10).
 """
 
-from typing import Literal, NamedTuple, Union
+from typing import Literal
+from typing import NamedTuple
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 
 from bort_jax._src import kernel_matrix as km
 from bort_jax._src import validation
-
 
 
 class ModeSpec(NamedTuple):

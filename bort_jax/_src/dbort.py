@@ -18,15 +18,19 @@ Layer-wise gradient, for ``y = x M + b`` and ``s = mean(y²)`` over the ``n`` en
 """
 
 import math
-from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Any
+from typing import Mapping
+from typing import NamedTuple
+from typing import Optional
+from typing import Sequence
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from bort_jax._src import correction
-from bort_jax._src import validation
 from bort_jax._src import plan as plan_lib
+from bort_jax._src import validation
 from bort_jax._src import views as views_lib
 
 

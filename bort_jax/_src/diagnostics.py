@@ -8,17 +8,19 @@ reference amplitude (mean of diag G unless given):
 * ``norm_spread`` = std/mean of the unit norms (boundedness).
 """
 
-from typing import Dict, NamedTuple, Optional, Union
+from typing import Dict
+from typing import NamedTuple
+from typing import Optional
+from typing import Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bort_jax._src import correction
-from bort_jax._src import validation
 from bort_jax._src import kernel_matrix as km
 from bort_jax._src import masking
 from bort_jax._src import plan as plan_lib
+from bort_jax._src import validation
 from bort_jax._src import views as views_lib
 
 SIDES = ("auto", "row", "col")
@@ -52,7 +54,8 @@ def gap_of(k: km.KernelMatrix, alpha: Union[float, str] = "adaptive", side: str 
   offdiag = jnp.sqrt(jnp.sum(jnp.square(off), axis=gram_axes) / max(units * (units - 1), 1))
   diag = jnp.sqrt(jnp.mean(jnp.square(diagonal / km.expand(a, len(unit_axes)) - 1.0), axis=unit_axes))
   norms = jnp.sqrt(diagonal)
-  norm_spread = jnp.std(norms, axis=unit_axes) / jnp.maximum(jnp.mean(norms, axis=unit_axes), jnp.finfo(jnp.float32).tiny)
+  mean_norm = jnp.maximum(jnp.mean(norms, axis=unit_axes), jnp.finfo(jnp.float32).tiny)
+  norm_spread = jnp.std(norms, axis=unit_axes) / mean_norm
   return GapStats(offdiag, diag, norm_spread)
 
 

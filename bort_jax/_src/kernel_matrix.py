@@ -22,7 +22,10 @@ constraint ``WᵀW − αI`` is a small difference of large numbers, so the Gram
 
 import dataclasses
 import math
-from typing import Literal, Optional, Tuple, Union
+from typing import Literal
+from typing import Optional
+from typing import Tuple
+from typing import Union
 
 import jax
 import jax.numpy as jnp

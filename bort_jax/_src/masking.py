@@ -7,7 +7,11 @@ Per-layer weights follow big_vision's convention: an ordered list of ``(regex, s
 """
 
 import re
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any
+from typing import Callable
+from typing import Sequence
+from typing import Tuple
+from typing import Union
 
 import jax
 

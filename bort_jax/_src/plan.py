@@ -10,8 +10,13 @@ nothing is a kernel raises ``ValueError``; a view that is a guess (an N-D kernel
 """
 
 import re
+from typing import Any
+from typing import Dict
+from typing import NamedTuple
+from typing import Optional
+from typing import Sequence
+from typing import Tuple
 import warnings
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
 import jax
 
@@ -50,7 +55,8 @@ class KernelPlan(NamedTuple):
 
 def is_box(x: Any) -> bool:
   """Linen metadata boxes (``nn.Partitioned``) and NNX variables carry axis names."""
-  return (hasattr(x, "names") and hasattr(x, "unbox")) or (hasattr(type(x), "get_metadata") and hasattr(type(x), "value"))
+  linen_box = hasattr(x, "names") and hasattr(x, "unbox")
+  return linen_box or (hasattr(type(x), "get_metadata") and hasattr(type(x), "value"))
 
 
 def _box_axis_names(box: Any) -> Optional[Tuple[Optional[str], ...]]:

@@ -45,7 +45,9 @@ Zhang et al., "Bort", ICLR 2023 (the correction).
 """
 
 import functools
-from typing import Dict, NamedTuple, Optional
+from typing import Dict
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -1,6 +1,7 @@
 """``add_bort_correction``: the Bort term as an additive optax transformation."""
 
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -156,13 +157,15 @@ def add_bort_correction(
     else:
       # The correction runs once every k steps with weight γ·k: the same drift per k steps, k× less compute.
       due = state.count % every_k == 0
-      deltas = jax.lax.cond(due, corrections, lambda p: [jnp.zeros_like(jax.tree_util.tree_leaves(p)[i.index]) for i in plan], params)
+      zeros = lambda p: [jnp.zeros_like(jax.tree_util.tree_leaves(p)[i.index]) for i in plan]
+      deltas = jax.lax.cond(due, corrections, zeros, params)
       weight = jnp.asarray(gamma_t, jnp.float32) * every_k
 
     update_leaves = treedef.flatten_up_to(updates)
     for item, delta in zip(plan, deltas):
       u = update_leaves[item.index]
-      update_leaves[item.index] = (u.astype(jnp.float32) + (weight * item.scale) * delta.astype(jnp.float32)).astype(u.dtype)
+      moved = u.astype(jnp.float32) + (weight * item.scale) * delta.astype(jnp.float32)
+      update_leaves[item.index] = moved.astype(u.dtype)
     new_updates = jax.tree_util.tree_unflatten(treedef, update_leaves)
     return new_updates, BortCorrectionState(count=optax.safe_increment(state.count))
 

@@ -8,7 +8,9 @@ Every factory module may import this one; it imports only :mod:`views` (which mu
 """
 
 import re
-from typing import Any, Optional, Sequence
+from typing import Any
+from typing import Optional
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -7,7 +7,11 @@ A :class:`KernelView` is the dimension numbers of one kernel. :func:`to_matrix` 
 
 import dataclasses
 import math
-from typing import Any, Literal, Sequence, Tuple, Union
+from typing import Any
+from typing import Literal
+from typing import Sequence
+from typing import Tuple
+from typing import Union
 
 import jax
 import jax.numpy as jnp

@@ -14,7 +14,8 @@ conventions; both also serve the boundary search of :mod:`bort_jax.explain.attri
 """
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

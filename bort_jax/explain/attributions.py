@@ -12,8 +12,9 @@ Because Attributions Look Normal" (ICML 2022), with the protocol of the authors'
 conventions are listed in :func:`boundary_search` and :func:`boundary_integrated_gradients`.
 """
 
+from collections.abc import Callable
+from collections.abc import Sequence
 import functools
-from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

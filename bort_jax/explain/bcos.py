@@ -40,13 +40,13 @@ Conventions, the authors' unless an option says otherwise (code: github.com/mobo
   pixels carry direction too.
 """
 
-import math
 from collections.abc import Sequence
+import math
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 NORM_EPS = 1e-6   # inside the square root of the patch norm: sqrt(Σx² + ε)
 COS_EPS = 1e-6    # added to |cos| before the power, for B ∉ {1, 2}: (|cos| + ε)^(B−1)

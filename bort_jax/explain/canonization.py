@@ -16,9 +16,9 @@ so ``Mᵀ M`` of a folded kernel is no longer the one Bort constrained. Run ``bo
 from collections.abc import Mapping
 from typing import Any
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 
 def fold_batchnorm(

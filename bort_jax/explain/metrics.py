@@ -16,8 +16,8 @@ here depends on how the model was built: callers pass ``apply_fn(params, x) -> l
 as arrays. Reconstruction PSNR / MSE live in :func:`bort_jax.explain.reconstruction.reconstruction_errors`.
 """
 
-import warnings
 from collections.abc import Callable
+import warnings
 
 import jax
 import jax.numpy as jnp

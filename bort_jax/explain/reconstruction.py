@@ -12,7 +12,9 @@ inverse layers are needed. Feature functions are ``features_fn(params, x) -> fea
 must not interact in the forward pass (BatchNorm in inference mode).
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
+from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Any
 
 import jax

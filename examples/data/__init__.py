@@ -11,11 +11,29 @@ Batches hold raw uint8 pixels: the trainer normalises them on the accelerator wi
 ``normalization(name)`` statistics (``examples.train.normalize_images``).
 """
 
-from examples.data.augment import imagenet_eval, imagenet_train, random_crop_flip
-from examples.data.pipeline import AUGMENTATIONS, eval_dataset, iterate, steps_per_epoch, train_dataset
-from examples.data.sources import (EMBEDDED_DATASET, HOLDOUT_FRACTION, HOLDOUT_SPLIT, LOCAL_DATASETS,
-                                   NORMALIZATION, ArraySource, Normalization, as_arrays, holdout_split, is_local,
-                                   load_arrays, load_dataset, load_holdout, normalization, num_classes)
+from examples.data.augment import imagenet_eval
+from examples.data.augment import imagenet_train
+from examples.data.augment import random_crop_flip
+from examples.data.pipeline import AUGMENTATIONS
+from examples.data.pipeline import eval_dataset
+from examples.data.pipeline import iterate
+from examples.data.pipeline import steps_per_epoch
+from examples.data.pipeline import train_dataset
+from examples.data.sources import EMBEDDED_DATASET
+from examples.data.sources import HOLDOUT_FRACTION
+from examples.data.sources import HOLDOUT_SPLIT
+from examples.data.sources import LOCAL_DATASETS
+from examples.data.sources import NORMALIZATION
+from examples.data.sources import ArraySource
+from examples.data.sources import Normalization
+from examples.data.sources import as_arrays
+from examples.data.sources import holdout_split
+from examples.data.sources import is_local
+from examples.data.sources import load_arrays
+from examples.data.sources import load_dataset
+from examples.data.sources import load_holdout
+from examples.data.sources import normalization
+from examples.data.sources import num_classes
 
 __all__ = ["load_dataset", "load_arrays", "load_holdout", "as_arrays", "is_local", "ArraySource", "holdout_split",
            "HOLDOUT_SPLIT", "HOLDOUT_FRACTION", "num_classes", "normalization", "Normalization", "NORMALIZATION",

@@ -9,15 +9,21 @@ from collections.abc import Callable
 import functools
 from typing import NamedTuple
 
-import jax.numpy as jnp
 from flax import nnx
+import jax.numpy as jnp
 
-from examples.models.explain import BcosNet, ConvNet
-from examples.models.resnet import BasicBlock, BottleneckBlock, ResNet
-from examples.models.small import LeNet5, MLP
-from examples.models.swin import Swin, SwinBlock
+from examples.models.explain import BcosNet
+from examples.models.explain import ConvNet
+from examples.models.resnet import BasicBlock
+from examples.models.resnet import BottleneckBlock
+from examples.models.resnet import ResNet
+from examples.models.small import MLP
+from examples.models.small import LeNet5
+from examples.models.swin import Swin
+from examples.models.swin import SwinBlock
 from examples.models.vgg import VGG16
-from examples.models.vit import EncoderBlock, ViT
+from examples.models.vit import EncoderBlock
+from examples.models.vit import ViT
 
 __all__ = ["MLP", "LeNet5", "ResNet", "BasicBlock", "BottleneckBlock", "VGG16", "ViT", "EncoderBlock",
            "Swin", "SwinBlock",

@@ -5,8 +5,8 @@ explainability suite read them with ``logits, sown = nnx.capture(model, nnx.Inte
 deprecates sowing outside ``nnx.capture``).
 """
 
-import jax
 from flax import nnx
+import jax
 
 
 def record(layer: nnx.Module, y: jax.Array, capture: bool) -> jax.Array:

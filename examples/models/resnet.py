@@ -22,9 +22,9 @@ layer's ``preact`` (``examples.models.capture``): one per constrained kernel, as
 from collections.abc import Sequence
 import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from examples.models.capture import record
 

@@ -6,9 +6,9 @@ Both record every layer's pre-activation with ``capture=True`` (``examples.model
 
 from collections.abc import Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from examples.models.capture import record
 

@@ -13,13 +13,13 @@ by relative offset (``relative_position_bias/embedding``), which Bort's default 
 alone.
 """
 
-import functools
 from collections.abc import Sequence
+import functools
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 _INIT = nnx.initializers.truncated_normal(stddev=0.02)
 

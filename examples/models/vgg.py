@@ -9,9 +9,9 @@ dropout, as in the paper. As in the ResNets, convolutions have no bias (BatchNor
 
 from collections.abc import Sequence
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from examples.models.resnet import conv_bn_factories
 

@@ -16,9 +16,9 @@ therefore applies the attention's projections itself (the same sub-modules and p
 ``features(x)`` is the final LayerNorm of every token, the representation reconstruction is measured from.
 """
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from examples.models.capture import record
 

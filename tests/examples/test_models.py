@@ -2,11 +2,11 @@
 
 import re
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import bort_jax
 from examples import models
@@ -305,7 +305,8 @@ def test_one_dbort_step_changes_the_update_as_the_dbort_term_predicts(name):
   """The trainer's SGD step with dbort_lambda > 0 minus the step without it is -lr * jax.grad of
   bort_jax.dbort_loss over the sown outputs; for the head (the last layer, whose kernel reaches no other sown
   output) it is also add_dbort_term's closed form from the head's input and the logits."""
-  from examples import optimizers, train  # pylint: disable=g-import-not-at-top
+  from examples import optimizers  # pylint: disable=g-import-not-at-top
+  from examples import train  # pylint: disable=g-import-not-at-top
   from examples.configs import default  # pylint: disable=g-import-not-at-top
   lam, beta, lr = 0.5, 0.5, 1.0
   config = default.get_config()

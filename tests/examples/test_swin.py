@@ -2,11 +2,11 @@
 
 import warnings
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 import bort_jax
 from examples import models

@@ -1,12 +1,14 @@
 """Explainable adversarial samples and PGD, against closed forms on linear models."""
 
+from fixed_net import net
+from fixed_net import net_apply
+from fixed_net import net_inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bort_jax import explain
-from fixed_net import net, net_apply, net_inputs
 
 ALPHA = 2.0
 

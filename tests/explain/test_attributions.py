@@ -3,6 +3,9 @@ of Wang et al. (2022) re-derived in NumPy on a fixed 16-12-3 ReLU net."""
 
 import functools
 
+from fixed_net import net
+from fixed_net import net_apply
+from fixed_net import net_inputs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +13,6 @@ import pytest
 
 from bort_jax.explain import adversarial
 from bort_jax.explain import attributions
-from fixed_net import net, net_apply, net_inputs
 
 
 def _mlp_params(seed=0, sizes=(16, 32, 32, 3)):

@@ -7,11 +7,11 @@ its contributions W(x) ⊙ x are checked independently of JAX's gradients."""
 
 import math
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from bort_jax.explain import bcos
 

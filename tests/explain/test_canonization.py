@@ -1,10 +1,10 @@
 """BatchNorm folding: the folded network computes the same function."""
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from bort_jax import explain
 

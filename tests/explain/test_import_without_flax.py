@@ -13,7 +13,7 @@ sys.modules["flax"] = None          # any `import flax...` now raises ModuleNotF
 import jax.numpy as jnp
 import bort_jax.explain as explain
 assert not any(name == "flax" or name.startswith("flax.") for name, m in sys.modules.items() if m is not None)
-assert "matplotlib" not in sys.modules  # the library measures; report and figure code lives in examples/ and benchmarks/
+assert "matplotlib" not in sys.modules  # the library measures; reports and figures live in examples/, benchmarks/
 lazy = set(explain._FLAX_NAMES)
 for name in explain.__all__:
   if name not in lazy:

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import bort_jax
 from bort_jax import explain
 from bort_jax._src.projection import polar_svd
 
