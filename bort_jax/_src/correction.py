@@ -69,7 +69,6 @@ MODE_SPECS = {
 }
 MODES = tuple(MODE_SPECS)
 Mode = Literal["l2-full", "l2-row", "l2-col", "l1-full", "l1-fullrow", "l1-fullcol", "l1-row", "l1-col"]
-ADAPTIVE = validation.ADAPTIVE
 REFERENCE_ADAPTIVE = "ada"
 
 Amplitude = Union[float, jax.Array, str]
@@ -89,16 +88,6 @@ def side_for(mode: str, tall: bool) -> str:
   if side == "feasible":
     return "col" if tall else "row"
   return side
-
-
-def side_of(mode: str, k: km.KernelMatrix) -> str:
-  """:func:`side_for` of a :class:`~kernel_matrix.KernelMatrix`."""
-  return side_for(mode, k.is_tall)
-
-
-def constrained_side(mode: str, m: jax.Array) -> str:
-  """:func:`side_of` for a plain ``(..., fan_in, out)`` matrix."""
-  return side_of(mode, km.KernelMatrix.from_matrix(m))
 
 
 def amplitude(k: km.KernelMatrix, alpha: Amplitude, side: str) -> jax.Array:
@@ -127,7 +116,7 @@ def _norm_excess(k: km.KernelMatrix, a: jax.Array, side: str) -> jax.Array:
 def correction_of(k: km.KernelMatrix, alpha: Amplitude, mode: str, precision: km.Precision = "highest") -> jax.Array:
   """Δ of a :class:`~kernel_matrix.KernelMatrix`, float32, with ``k.x``'s axes (and sharding)."""
   spec = MODE_SPECS[check_mode(mode)]
-  side = side_of(mode, k)
+  side = side_for(mode, k.is_tall)
   a = amplitude(k, alpha, side)
   if not spec.full:
     excess = _norm_excess(k, a, side)
@@ -172,7 +161,7 @@ def bort_penalty(m: jax.Array, alpha: Amplitude = 1.0, mode: str = "l2-full") ->
   check_alpha(alpha)
   spec = MODE_SPECS[check_mode(mode)]
   k = km.KernelMatrix.from_matrix(m)
-  side = side_of(mode, k)
+  side = side_for(mode, k.is_tall)
   a = amplitude(k, alpha, side)
   terms = _norm_excess(k, a, side) if not spec.full else residual(k, a, side)
   return jnp.sum(0.25 * jnp.square(terms) if spec.norm == "l2" else 0.5 * jnp.abs(terms))

@@ -120,10 +120,6 @@ def _check_io(path: str, io: Any, matrix_shape) -> None:
                      "it with bort_jax.dense_io(x, y) or bort_jax.conv_io(x, y, kernel_size, strides, padding).")
 
 
-class DBortState(NamedTuple):
-  """Stateless; kept as a NamedTuple for optax conventions."""
-
-
 def add_dbort_term(
     lam: float = 1e-3,
     beta: float = 0.1,
@@ -158,7 +154,7 @@ def add_dbort_term(
 
   def init_fn(params):
     del params
-    return DBortState()
+    return optax.EmptyState()
 
   def update_fn(updates, state, params=None, *, dbort_activations: Optional[Mapping[str, LayerIO]] = None, **extra):
     del extra

@@ -121,7 +121,7 @@ def residual_norm(k: km.KernelMatrix, a: jax.Array, side: str, num_iters: int) -
 def _curvature(kernel, alpha, *, view, mode, adaptive, num_iters):
   """λ = 2α + 3ρ of one kernel, the largest over its stacked matrices."""
   k = views_lib.to_kernel_matrix(kernel, view)
-  side = correction.side_of(mode, k)
+  side = correction.side_for(mode, k.is_tall)
   a = correction.amplitude(k, adaptive or alpha, side)
   if correction.MODE_SPECS[mode].full:
     rho = residual_norm(k, a, side, num_iters)
