@@ -32,14 +32,5 @@ RECIPES = mnist_lenet.make_recipes(sgd=dict(learning_rate=0.1, momentum=0.9, wei
 
 
 def get_config(recipe: str = "bort_sgd"):
-  c = default.get_config()
-  c.dataset = "cifar10"
-  c.model = "resnet20"
-  c.augment = "cifar"
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.num_epochs = 10
-  c.warmup_epochs = 1.0
-  c.half_precision = False
-  c.checkpoint_every_steps = 100  # 3-5 min of training on the shared 2-core CPU: a kill loses little
+  c = default.cifar10_cpu(default.get_config(), "resnet20", checkpoint_every_steps=100)  # 3-5 min of training
   return default.apply_recipe(c, RECIPES, recipe)

@@ -34,15 +34,6 @@ RECIPES = mnist_lenet.make_recipes(sgd=dict(learning_rate=0.05, momentum=0.9, we
 
 
 def get_config(recipe: str = "bort_adamw"):
-  c = default.get_config()
-  c.dataset = "cifar10"
-  c.model = "vit_tiny"
-  c.augment = "cifar"
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.num_epochs = 10
-  c.warmup_epochs = 1.0
+  c = default.cifar10_cpu(default.get_config(), "vit_tiny", checkpoint_every_steps=50)  # 2-3 min of training
   c.label_smoothing = 0.1
-  c.half_precision = False
-  c.checkpoint_every_steps = 50  # 2-3 min of training on the shared 2-core CPU: a kill loses little
   return default.apply_recipe(c, RECIPES, recipe)

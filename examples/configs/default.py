@@ -98,6 +98,21 @@ def imagenet(config: ml_collections.ConfigDict, model: str, num_epochs: int):
   return config
 
 
+def cifar10_cpu(config: ml_collections.ConfigDict, model: str, checkpoint_every_steps: int):
+  """`config` set up for the CPU-budget CIFAR-10 table (issue #19): pad-4 crop + flip, batch 128, 10 epochs,
+  1 warmup epoch, float32, checkpoints every few minutes of training so that a kill loses little."""
+  config.dataset = "cifar10"
+  config.model = model
+  config.augment = "cifar"
+  config.batch_size = 128
+  config.eval_batch_size = 1000
+  config.num_epochs = 10
+  config.warmup_epochs = 1.0
+  config.half_precision = False
+  config.checkpoint_every_steps = checkpoint_every_steps
+  return config
+
+
 def apply_recipe(config: ml_collections.ConfigDict, recipes: dict[str, dict], name: str):
   """Updates `config` with recipe `name` of `recipes` (ValueError listing the recipes otherwise)."""
   if name not in recipes:
