@@ -98,27 +98,35 @@ def _mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> s
   return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
 
 
-def _final_runs(records: Sequence[dict], record: dict) -> list[dict]:
+def final_runs(records: Sequence[dict], record: dict) -> list[dict]:
+  """The `final` (test split) runs of the setting of `record`, one per seed."""
   want = {k: record[k] for k in ("optimizer", "learning_rate", "weight_decay", "gamma", "alpha", "mode")}
   return [r for r in records if r["stage"] == "final" and all(r[k] == v for k, v in want.items())]
 
 
+def compare(test_bort: Sequence[float], test_base: Sequence[float]) -> tuple[str, float, float]:
+  """("above" | "level" | "below", difference of the means, its standard error): level within twice the error."""
+  diff = float(np.mean(test_bort) - np.mean(test_base))
+  se = math.sqrt(np.var(test_bort, ddof=1) / len(test_bort) + np.var(test_base, ddof=1) / len(test_base))
+  return "level" if abs(diff) <= 2 * se else ("above" if diff > 0 else "below"), diff, se
+
+
 def verdict(test_bort: Sequence[float], test_base: Sequence[float]) -> str:
-  """"above" / "level with" / "below": the difference of means against twice its standard error."""
+  """"above" / "level with" / "below" the tuned baseline, with the difference and its standard error."""
   if len(test_bort) < 2 or len(test_base) < 2:
     return "not yet measured (fewer than 2 seeds)"
-  diff = np.mean(test_bort) - np.mean(test_base)
-  se = math.sqrt(np.var(test_bort, ddof=1) / len(test_bort) + np.var(test_base, ddof=1) / len(test_base))
-  word = "level with" if abs(diff) <= 2 * se else ("above" if diff > 0 else "below")
+  word, diff, se = compare(test_bort, test_base)
+  word = "level with" if word == "level" else word
   return f"{word} the tuned baseline ({100 * diff:+.2f} pt, standard error of the difference {100 * se:.2f} pt)"
 
 
-def gamma_ranges(records: Sequence[dict], chosen: dict, psnr_metric: str, rise_db: float = 0.5) -> list[str]:
-  """Per Bort line (α, mode): the γ values whose validation accuracy holds and whose PSNR rises."""
+def held_gammas(records: Sequence[dict], chosen: dict, psnr_metric: str,
+                rise_db: float = 0.5) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+  """Per Bort line {(α, mode): (γs whose validation accuracy holds, those of them whose PSNR also rises)}."""
   baseline, tolerance = chosen["baseline"], chosen["tolerance"]
   if baseline is None:
-    return []
-  lines = []
+    return {}
+  lines = {}
   borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{baseline['optimizer']}"
            and r["learning_rate"] == baseline["learning_rate"] and r["weight_decay"] == baseline["weight_decay"]]
   for alpha, mode in sorted({(r["alpha"], r["mode"]) for r in borts}):
@@ -126,11 +134,16 @@ def gamma_ranges(records: Sequence[dict], chosen: dict, psnr_metric: str, rise_d
     holds = [r["gamma"] for r in line if _val(r, "accuracy") >= baseline["val_accuracy"] - tolerance]
     both = [r["gamma"] for r in line if r["gamma"] in holds
             and _val(r, psnr_metric) > _val(baseline, psnr_metric) + rise_db]
-    fmt = lambda gs: ", ".join(f"{g:g}" for g in gs) or "none"
-    lines.append(f"- bort_{baseline['optimizer']}, α={_fmt_alpha(alpha)}, {mode}: "
-                 f"accuracy held at γ ∈ {{{fmt(holds)}}}; "
-                 f"held with PSNR > baseline + {rise_db} dB at γ ∈ {{{fmt(both)}}}.")
+    lines[alpha, mode] = (holds, both)
   return lines
+
+
+def gamma_ranges(records: Sequence[dict], chosen: dict, psnr_metric: str, rise_db: float = 0.5) -> list[str]:
+  """Per Bort line (α, mode): the γ values whose validation accuracy holds and whose PSNR rises."""
+  fmt = lambda gs: ", ".join(f"{g:g}" for g in gs) or "none"
+  return [f"- bort_{chosen['baseline']['optimizer']}, α={_fmt_alpha(alpha)}, {mode}: "
+          f"accuracy held at γ ∈ {{{fmt(holds)}}}; held with PSNR > baseline + {rise_db} dB at γ ∈ {{{fmt(both)}}}."
+          for (alpha, mode), (holds, both) in held_gammas(records, chosen, psnr_metric, rise_db).items()]
 
 
 def write_report(sweep: "Sweep"):
@@ -158,13 +171,13 @@ def write_report(sweep: "Sweep"):
            "| fitted PSNR (dB) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
   verdicts = []
   for family, pick in chosen.items():
-    base_runs = _final_runs(records, pick["baseline"]) if pick["baseline"] else []
+    base_runs = final_runs(records, pick["baseline"]) if pick["baseline"] else []
     base_acc = [r["test_accuracy"] for r in base_runs]
     for role, label in ROLES.items():
       record = pick[role]
       if record is None:
         continue
-      runs = _final_runs(records, record)
+      runs = final_runs(records, record)
       acc = [r["test_accuracy"] for r in runs]
       delta = (f"{100 * (np.mean(acc) - np.mean(base_acc)):+.2f}" if role != "baseline" and acc and base_acc
                else "—")
