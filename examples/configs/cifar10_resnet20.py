@@ -18,8 +18,8 @@ lr·γ (1.5) and the SGD↔AdamW rule of `default.py` (0.03 · 0.1 / (0.1 · 1e-
 -λ mean(y²)^β over every convolution's and the head's output (λ = 1e-3, β = 0.1, the reference values).
 
 10 epochs (the issue's minimum; `benchmarks/results/cifar10_plan.md` has the measured speed and the CPU budget),
-float32: bf16 compute measured 1.15-1.3x faster for ResNet-20 and 1.15x slower for the ViT on this CPU, and one
-precision keeps every CIFAR row and the MNIST evidence comparable.
+float32: bf16 compute was faster for ResNet-20 but slower for the ViT on this CPU (that file's "Precision"
+note), and one precision keeps every CIFAR row and the MNIST evidence comparable.
 """
 
 from examples.configs import default

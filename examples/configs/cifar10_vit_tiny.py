@@ -20,8 +20,8 @@ AdamW l1-full, α = 1, γ = 50, between the MNIST LeNet-5 sweep's AdamW choice a
 γ = 0.03 as there.
 
 10 epochs (the issue's minimum; `benchmarks/results/cifar10_plan.md` has the measured speed and the CPU budget),
-float32: bf16 compute measured 1.15-1.3x faster for ResNet-20 and 1.15x slower for the ViT on this CPU, and one
-precision keeps every CIFAR row and the MNIST evidence comparable.
+float32: bf16 compute was faster for ResNet-20 but slower for the ViT on this CPU (that file's "Precision"
+note), and one precision keeps every CIFAR row and the MNIST evidence comparable.
 """
 
 from examples.configs import default
