@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks import timing
 from benchmarks import update_speed
 import bort_jax
 from examples import models as models_lib
@@ -146,7 +147,7 @@ def train_rows(graph, params, model_state, images, labels, fwd_bwd_flops, correc
     bort = name.startswith("bort")
     flops = None if fwd_bwd_flops is None else fwd_bwd_flops + (correction_flops if bort else 0)
     rows.append(dict(name=f"train {name}", baseline=f"train {name.replace('bort_', 'optax.')}" if bort else None,
-                     flops=flops, compile_s=seconds, sample=update_speed.sampler(step, carry, images, labels)))
+                     flops=flops, compile_s=seconds, sample=timing.sampler(step, carry, images, labels)))
   return rows
 
 
@@ -160,7 +161,7 @@ def correction_rows(params, grads, correction_flops):
     name = f"correction {precision or 'library default'}"
     print(f"  compiled {name} in {seconds:.1f} s", flush=True)
     rows.append(dict(name=name, baseline=baseline, flops=correction_flops, compile_s=seconds,
-                     sample=update_speed.sampler(step, fresh_copy(grads), params)))
+                     sample=timing.sampler(step, fresh_copy(grads), params)))
     baseline = baseline or name
   return rows
 
@@ -211,8 +212,8 @@ def torch_rows(params, reference_flops, baseline):
   sync = lambda _: torch.cuda.synchronize()
   rows = []
   for precision in TORCH_PRECISIONS:
-    sample = update_speed.sampler(lambda g, w, p=precision: torch_correction(g, w, p),
-                                  torch_kernels(params, "cuda", 1e-3), weights, sync=sync)
+    sample = timing.sampler(lambda g, w, p=precision: torch_correction(g, w, p),
+                            torch_kernels(params, "cuda", 1e-3), weights, sync=sync)
     sample()  # first CUDA work (cuBLAS handles) here, inside the caller's error handling
     rows.append(dict(name=f"torch loop {precision}", baseline=baseline, flops=reference_flops, compile_s=None,
                      sample=sample))
@@ -221,7 +222,7 @@ def torch_rows(params, reference_flops, baseline):
 
 def timed(rows, repeats):
   """Replaces each row's sampler by its median wall seconds (one untimed run first, round-robin sampling)."""
-  medians = update_speed.interleaved_medians([row.pop("sample") for row in rows], repeats, warmup=1)
+  medians = timing.interleaved_medians([row.pop("sample") for row in rows], repeats, warmup=1)
   return [dict(row, seconds=wall) for row, (wall, _) in zip(rows, medians)]
 
 

@@ -18,8 +18,12 @@ The torch row follows the reference BortS (Zhang et al., ICLR 2023) formulas, wr
 equations: a Python loop over tensors, Δ = W Wᵀ W − αW or sign(W Wᵀ − αI) W in the naive product order,
 α = "ada" read back with `.item()`, then grad += γΔ; grad += wd·p; momentum; p -= lr·buf.
 
+`--single-thread` pins the process to one CPU before XLA starts and fails if any row's CPU/wall exceeds
+`timing.MAX_CPU_PER_WALL` (see `benchmarks/timing.py` for why XLA_FLAGS cannot do this).
+
 Usage (from the repository root):
   python -m benchmarks.update_speed --models resnet50 vit_b16 --repeats 5
+  python -m benchmarks.update_speed --single-thread --models resnet50 --modes l2-full --repeats 3 --warmup 1
 """
 
 import argparse
@@ -28,9 +32,7 @@ import importlib.util
 import math
 import os
 import platform
-import statistics
 import subprocess
-import time
 
 import jax
 import jax.numpy as jnp
@@ -38,11 +40,11 @@ import numpy as np
 import optax
 
 from benchmarks import shapes as shapes_lib
+from benchmarks import timing
 import bort_jax
 
 MODES = ("l2-full", "l1-fullrow", "l1-full")
 HYPER = dict(learning_rate=0.1, gamma=1e-4, momentum=0.9, weight_decay=1e-4)
-SINGLE_THREAD_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,38 +83,6 @@ def reference_flops(views):
   return sum(4 * v.batch * v.fan_in * v.out * v.out for v in views)
 
 
-def sampler(step, carry, *args, steps=1, sync=jax.block_until_ready):
-  """A callable running `carry = step(carry, *args)` `steps` times, then `sync`; returns (wall, CPU) s per call.
-
-  CPU time is the process's (all threads). Single-threaded, it is the figure least disturbed by other
-  processes on a shared machine; multi-threaded it also counts spin-waiting.
-  """
-  cell = [carry]
-
-  def sample():
-    wall, cpu = time.perf_counter(), time.process_time()
-    value = cell[0]
-    for _ in range(steps):
-      value = step(value, *args)
-    sync(value)
-    cell[0] = value
-    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
-
-  return sample
-
-
-def interleaved_medians(samplers, repeats, warmup):
-  """(wall, CPU) median seconds of each sampler, sampled round-robin so other processes' load hits all alike."""
-  for sample in samplers:
-    for _ in range(warmup):
-      sample()
-  times = [[] for _ in samplers]
-  for _ in range(repeats):
-    for record, sample in zip(times, samplers):
-      record.append(sample())
-  return [tuple(statistics.median(column) for column in zip(*record)) for record in times]
-
-
 def optimizer_step(tx):
   """Jitted `(params, opt_state), grads -> (params, opt_state)`, donating params and state."""
 
@@ -127,7 +97,7 @@ def optimizer_step(tx):
 def optimizer_sampler(tx, params, grads, steps=1):
   """Sampler of one jitted `tx` step (averaged over `steps`), on a donated copy of `params`."""
   params = jax.tree.map(jnp.copy, params)
-  return sampler(optimizer_step(tx), (params, tx.init(params)), grads, steps=steps)
+  return timing.sampler(optimizer_step(tx), (params, tx.init(params)), grads, steps=steps)
 
 
 def gemm_size(flops):
@@ -141,7 +111,7 @@ def gemm_sampler(flops, dtype):
   a = (jax.random.normal(jax.random.key(1), (s, s)) / math.sqrt(s)).astype(dtype)
   step = jax.jit(lambda c, a: jnp.matmul(a, c, preferred_element_type=jnp.float32).astype(dtype),
                  donate_argnums=0)
-  return sampler(step, jnp.copy(a), a)
+  return timing.sampler(step, jnp.copy(a), a)
 
 
 def bort_tx(mode, alpha, every_k=1, hyper=HYPER):
@@ -213,8 +183,8 @@ def torch_samplers(params, grads, modes, alpha):
   torch_grads, _ = torch_tensors(grads)
   buffers = [torch.zeros_like(t) for t in tensors]
   no_sync = lambda carry: None  # eager CPU torch has finished when the call returns
-  return [sampler(lambda carry, mode=mode: torch_reference_step(carry, torch_grads, buffers, is_kernel, mode, alpha),
-                  tensors, sync=no_sync) for mode in modes]
+  step = lambda carry, mode: torch_reference_step(carry, torch_grads, buffers, is_kernel, mode, alpha)
+  return [timing.sampler(step, tensors, mode, sync=no_sync) for mode in modes]
 
 
 def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, warmup=2,
@@ -252,7 +222,7 @@ def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, wa
     for mode, sample in zip(torch_modes, torch_samplers(params, grads, torch_modes, reference_alpha)):
       rows.append(dict(name=f"torch reference {mode}", detail=f"alpha={reference_alpha}",
                        flops=reference_flops(views), sample=sample))
-  medians = interleaved_medians([row.pop("sample") for row in rows], repeats, warmup)
+  medians = timing.interleaved_medians([row.pop("sample") for row in rows], repeats, warmup)
   return [dict(row, seconds=wall, cpu_seconds=cpu) for row, (wall, cpu) in zip(rows, medians)]
 
 
@@ -272,13 +242,16 @@ def ratio_lines(rows, key="seconds"):
 
 
 def format_table(title, rows):
-  """Markdown table of `rows` plus the ratio lines (wall time, then CPU time)."""
-  lines = [f"### {title}", "", "| row | detail | wall ms | CPU ms | GFLOP | GFLOP/s (wall) |",
-           "|---|---|---:|---:|---:|---:|"]
+  """Markdown table of `rows` plus the ratio lines (wall time, then CPU time).
+
+  CPU/wall above 1 means more than one thread worked at once; below 1, the process waited (other load).
+  """
+  lines = [f"### {title}", "", "| row | detail | wall ms | CPU ms | CPU/wall | GFLOP | GFLOP/s (wall) |",
+           "|---|---|---:|---:|---:|---:|---:|"]
   for r in rows:
     rate = f"{r['flops'] / r['seconds'] / 1e9:.1f}" if r["flops"] else ""
     lines.append(f"| {r['name']} | {r['detail']} | {1e3 * r['seconds']:.1f} | {1e3 * r['cpu_seconds']:.1f} "
-                 f"| {r['flops'] / 1e9:.2f} | {rate} |")
+                 f"| {r['cpu_seconds'] / r['seconds']:.2f} | {r['flops'] / 1e9:.2f} | {rate} |")
   lines.append("")
   lines += [f"- wall: {line}" for line in ratio_lines(rows)]
   lines += [f"- CPU:  {line}" for line in ratio_lines(rows, "cpu_seconds")]
@@ -298,8 +271,8 @@ def machine_description():
   if torch_available():
     import torch
     versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
-  return (f"CPU: {model}, {len(jax.devices())} jax device(s) {jax.devices()[0].platform}, "
-          f"{len(os.sched_getaffinity(0))} cores; Python {platform.python_version()}; {versions}")
+  return (f"CPU: {model}, {len(jax.devices())} jax device(s) {jax.devices()[0].platform}, {os.cpu_count()} cores, "
+          f"this process on CPU(s) {sorted(os.sched_getaffinity(0))}; Python {platform.python_version()}; {versions}")
 
 
 def main(argv=None):
@@ -313,21 +286,26 @@ def main(argv=None):
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--no-torch", action="store_true", help="skip the reference-style torch loop")
   parser.add_argument("--single-thread", action="store_true",
-                      help="one thread for XLA and torch: CPU-time ratios then resist load from other processes")
+                      help="pin the process to one CPU (checked: CPU/wall of every row <= "
+                      f"{timing.MAX_CPU_PER_WALL}): CPU-time ratios then resist load from other processes")
   args = parser.parse_args(argv)
-  if args.single_thread:  # read when the XLA backend starts, i.e. at the first computation below
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + SINGLE_THREAD_XLA_FLAGS).strip()
+  if args.single_thread:  # before machine_description's jax.devices() starts the XLA backend
+    timing.pin_to_one_cpu()
     if torch_available():
       import torch
       torch.set_num_threads(1)
   alpha = args.alpha if args.alpha in ("adaptive", "ada") else float(args.alpha)
   print(machine_description())
+  print("load average (1, 5, 15 min) at the start: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg()))
   print(f"hyper-parameters: {HYPER}, alpha={alpha}, dtype={args.dtype}, median of {args.repeats} "
         f"after {args.warmup} warm-up, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
   for name in args.models:
     rows = benchmark_tree(shapes_lib.shape_set(name), args.modes, alpha, args.every_k, args.repeats, args.warmup,
                           jnp.dtype(args.dtype), with_torch=False if args.no_torch else None)
     print(format_table(name, rows), flush=True)
+    if args.single_thread:
+      timing.check_single_threaded(rows)
+  print("load average (1, 5, 15 min) at the end: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg()))
 
 
 if __name__ == "__main__":
