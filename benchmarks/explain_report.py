@@ -132,7 +132,7 @@ def run_config(kind: str, seed: int, args):
 
 # Config fields that do not change what a run trains: a workdir saved with other values is still resumed.
 _NOT_TRAINING = ("data_dir", "stop_after_steps", "checkpoint_every_steps", "keep_checkpoints", "progress_bar",
-                 "eval_batch_size", "multi_host")
+                 "eval_batch_size", "multi_host", "explain_baseline")
 
 
 def _differing(stored: dict, wanted: dict, ignore=()) -> list[str]:

@@ -65,6 +65,7 @@ def validate_config(config: ml_collections.ConfigDict, *, model_names: Iterable[
   _one_of(config, "lr_schedule", LR_SCHEDULES)
   _one_of(config, "augment", AUGMENTATIONS)
   _one_of(config, "loss", LOSSES)
+  _one_of(config, "explain_baseline", ("",) + tuple(n for n, spec in optimizers.OPTIMIZERS.items() if not spec.bort))
   if optimizers.OPTIMIZERS[config.optimizer].bort and bort_modes:
     _one_of(config, "bort_mode", bort_modes)
 

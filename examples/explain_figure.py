@@ -1,10 +1,12 @@
-"""`explain.png`, the figure that ends the README's main job: what Bort buys, visible in two minutes.
+"""`explain.png`, the figure that ends the README's main job: what Bort buys, visible in a few minutes.
 
-For a trained MLP, LeNet-5 or ConvNet: a few test images, their reconstruction x̂ = J(x)ᵀ f(x) from every depth
-(`bort_jax.explain.reconstruct`) and the backtracking saliency of the top features of the last hidden layer
-(`bort_jax.explain.backtrack`). Other models are skipped with a message.
+For a trained MLP, LeNet-5 or ConvNet, and beside it the baseline `examples.main` trained for it (the same config
+with a plain optimizer): a few test images, their reconstruction x̂ = J(x)ᵀ f(x) from every depth
+(`bort_jax.explain.reconstruct`) with its fitted-scale PSNR, and the backtracking saliency of the top features of
+the last hidden layer (`bort_jax.explain.backtrack`). Other models are skipped with a message.
 """
 
+from collections.abc import Mapping
 import os
 
 from flax import nnx
@@ -21,6 +23,7 @@ from examples import train
 
 EXPLAIN_IMAGES = 6
 TOP_FRACTION = 0.1  # backtracking keeps this share of the last hidden layer's units
+PSNR_IMAGES = explain_protocol.NUM_RECONSTRUCTION  # the PSNR is a mean over this many test images, as in the reports
 
 
 def feature_depths(model: nnx.Module):
@@ -49,12 +52,35 @@ def feature_depths(model: nnx.Module):
   return None
 
 
-def write_explain_figure(config, workdir: str, state, data_dir: str | None) -> str | None:
-  """Draws `workdir/explain.png` for the trained `state` of an MLP, LeNet-5 or ConvNet; its path (None: skipped).
+def _gray(images: np.ndarray) -> np.ndarray:
+  return images[..., 0] if images.shape[-1] == 1 else images
 
-  Columns: the first test image of each of a few classes; x̂ = J(x)ᵀ f(x) from every depth (the best scalar
-  multiple of x̂, its fitted PSNR in the title); backtracking saliency of the top 10% units of the last hidden
-  layer, ranked by their contribution to the predicted class. Images are shown un-normalised.
+
+def _explain(net, fns: Mapping, head, params, x, raw, show, num_shown: int):
+  """One trained model on normalised images `x` (pixels `raw`, `show` maps back to pixels): {depth: (its c·x̂ of
+  the first `num_shown` images in [0, 1], mean fitted-scale PSNR over the others)} and their saliency maps."""
+  reconstructions = {}
+  for name, fn in fns.items():
+    x_hat = reconstruction.reconstruct(fn, params, x)
+    fitted = show(reconstruction.fitted_scale(x, x_hat) * x_hat)
+    _, psnr = reconstruction.reconstruction_errors(jnp.asarray(raw[num_shown:]), jnp.asarray(fitted[num_shown:]))
+    reconstructions[name] = _gray(np.clip(fitted[:num_shown], 0, 1)), float(psnr.mean())
+  shown, last = x[:num_shown], list(fns)[-1]
+  units = int(np.prod(jax.eval_shape(fns[last], params, shown).shape[1:]))
+  saliency = explain.backtrack(fns[last], params, shown, max(1, int(TOP_FRACTION * units)),
+                               head_fn=lambda p, h: head(net(p), h), target=jnp.argmax(net(params)(shown), -1))
+  return reconstructions, np.asarray(explain.pixel_map(saliency))
+
+
+def write_explain_figure(config, workdir: str, states: Mapping[str, train.TrainState], data_dir: str | None
+                         ) -> str | None:
+  """Draws `workdir/explain.png` for trained states of `config`'s MLP, LeNet-5 or ConvNet; its path (None: skipped).
+
+  `states` maps an optimizer name to its final state: `config`'s run first, then its baseline (the same model).
+  Columns: the first test image of each of a few classes. Rows: the input; for every depth, each run's
+  reconstruction x̂ = J(x)ᵀ f(x) at its best scalar multiple c·x̂, labelled with its fitted-scale PSNR (mean over
+  `PSNR_IMAGES` test images); each run's backtracking saliency of the top 10% units of the last hidden layer,
+  ranked by their contribution to the predicted class. Images are shown un-normalised.
   """
   test_images, test_labels = data_lib.as_arrays(train.load_splits(config, data_dir)[1])
   model = train.create_model(
@@ -65,34 +91,72 @@ def write_explain_figure(config, workdir: str, state, data_dir: str | None) -> s
     return None
   features_by_depth, head = depths
   model.eval()
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  nnx.replace_by_pure_dict(params, jax.device_get(state.params))
-  net = lambda p: nnx.merge(graphdef, p, rest)
-  fns = {name: (lambda p, x, f=f: f(net(p), x)) for name, f in features_by_depth.items()}
 
   labels = np.asarray(test_labels)
   classes = np.unique(labels)[np.linspace(0, len(np.unique(labels)) - 1, EXPLAIN_IMAGES).astype(int)]
-  pick = [int(np.flatnonzero(labels == c)[0]) for c in classes]
+  pick = [int(np.flatnonzero(labels == c)[0]) for c in classes] + list(range(min(PSNR_IMAGES, len(labels))))
   stats = train.input_normalization(config)
   mean, std = np.asarray(stats.mean, np.float32), np.asarray(stats.std, np.float32)
-  raw = np.stack([np.asarray(test_images[i]) for i in pick]).astype(np.float32) / 255.0
+  raw = np.asarray(test_images)[pick].astype(np.float32) / 255.0
   x = jnp.asarray((raw - mean) / std)
   show = lambda z: np.asarray(z) * std + mean
-  gray = lambda a: a[..., 0] if a.shape[-1] == 1 else a
 
-  panels = {"input": gray(raw)}
-  for name, fn in fns.items():
-    x_hat = reconstruction.reconstruct(fn, params, x)
-    c = reconstruction.fitted_scale(x, x_hat)
-    _, psnr = reconstruction.reconstruction_errors(jnp.asarray(raw), jnp.asarray(show(c * x_hat)))
-    panels[f"x̂ {name}\n{float(psnr.mean()):.1f} dB"] = gray(np.clip(show(c * x_hat), 0, 1))
-  last = list(fns)[-1]
-  logits = net(params)(x)
-  units = int(np.prod(jax.eval_shape(fns[last], params, x).shape[1:]))
-  saliency = explain.backtrack(fns[last], params, x, max(1, int(TOP_FRACTION * units)),
-                               head_fn=lambda p, h: head(net(p), h), target=jnp.argmax(logits, -1))
-  panels[f"backtracking\n{last}, top {TOP_FRACTION:.0%}"] = np.asarray(explain.pixel_map(saliency))
+  explained = {}
+  for optimizer, state in states.items():
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # a fresh copy per run: replaced in place
+    nnx.replace_by_pure_dict(params, jax.device_get(state.params))
+    net = lambda p, g=graphdef, r=rest: nnx.merge(g, p, r)
+    fns = {name: (lambda p, x, f=f, net=net: f(net(p), x)) for name, f in features_by_depth.items()}
+    explained[optimizer] = _explain(net, fns, head, params, x, raw, show, EXPLAIN_IMAGES)
+  # Each depth's rows of all runs together, so that Bort and its baseline are compared at a glance.
+  rows = [("input", _gray(raw[:EXPLAIN_IMAGES]), None)]
+  rows += [(f"{depth} · {run}\nPSNR {recon[depth][1]:.1f} dB", recon[depth][0], run)
+           for depth in features_by_depth for run, (recon, _) in explained.items()]
+  rows += [(f"saliency\n{run}", saliency, run) for run, (_, saliency) in explained.items()]
+  names = list(states)
+  title = f"{config.model} / {config.dataset} / {names[0]}" + (f" vs its baseline {names[1]}" * (len(names) > 1))
+  caption = ("x̂ rows: reconstruction x̂ = J(x)ᵀ f(x) from each depth, drawn as c·x̂ with c the best scalar multiple.\n"
+             f"dB: fitted-scale PSNR of c·x̂ against the input, mean over the first {len(pick) - EXPLAIN_IMAGES:,} "
+             "test images (higher: more of the digit is recovered).\n"
+             f"saliency rows: backtracking of the top {TOP_FRACTION:.0%} units of {list(features_by_depth)[-1]} "
+             "towards the predicted class, each map divided by its largest |value|.")
+  print(f"fitted-scale PSNR (dB) of the reconstructions from {' / '.join(features_by_depth)}, mean over the first "
+        f"{len(pick) - EXPLAIN_IMAGES:,} test images:")
+  width = max(len(run) for run in explained)
+  for run, (recon, _) in explained.items():
+    print(f"  {run:<{width}}  " + " / ".join(f"{psnr:.1f}" for _, psnr in recon.values()))
   path = os.path.join(workdir, "explain.png")
-  explain_protocol.write_figure(panels, path, title=f"{config.model} / {config.dataset} / {config.optimizer}:\n"
-                                          "reconstruction from each depth, backtracking saliency")
+  _draw(rows, names, path, title, caption)
   return path
+
+
+def _draw(rows, runs, path: str, title: str, caption: str):
+  """Rows of images (label, (N, H, W[, 3]) array, run name or None for the input); a row whose label starts with
+  "saliency" is a signed map in a blue-white-red colour bar, the others images in [0, 1]."""
+  import matplotlib  # imported here: matplotlib is only in the examples/test extras, not in `flax`
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  colours = dict(zip(runs, ("tab:blue", "tab:red", "tab:green")))
+  cols = len(rows[0][1])
+  fig, axes = plt.subplots(len(rows), cols, figsize=(0.85 * cols + 2.2, 0.85 * len(rows) + 1.3), squeeze=False,
+                           layout="constrained")
+  saliency_axes, image = [], None
+  for r, (label, images, run) in enumerate(rows):
+    is_saliency = label.startswith("saliency")
+    for c in range(cols):
+      ax = axes[r, c]
+      if is_saliency:
+        image = ax.imshow(images[c] / (np.abs(images[c]).max() + 1e-12), cmap="bwr", vmin=-1, vmax=1)
+        saliency_axes.append(ax)
+      else:
+        ax.imshow(np.clip(images[c], 0, 1), cmap="gray", vmin=0, vmax=1)
+      ax.set_xticks([]), ax.set_yticks([])
+    axes[r, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8, color=colours.get(run, "black"))
+  if image is not None:
+    bar = fig.colorbar(image, ax=saliency_axes, location="right", shrink=0.9, ticks=(-1, 0, 1))
+    bar.set_label("saliency / max |saliency|", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+  fig.suptitle(title, fontsize=9)
+  fig.supxlabel(caption, fontsize=7)
+  fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)  # keeps the row labels whole
+  plt.close(fig)

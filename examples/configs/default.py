@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.stop_after_steps = 0  # stop (as if preempted) after this many global steps; 0: never.
 
+  # examples.main only: "" (nothing more), or a non-Bort optimizer ("sgd", "adamw", "lamb") that main also trains,
+  # with every other field unchanged, in <workdir>/baseline_<name>, and draws in explain.png beside this run.
+  c.explain_baseline = ""
+
   # Infrastructure.
   c.multi_host = False  # call jax.distributed.initialize() (TPU pods / multi-process GPU).
   c.progress_bar = True

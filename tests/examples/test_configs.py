@@ -63,6 +63,7 @@ BAD_VALUES = [
     ("augment", "autoaugment", "'none', 'cifar', 'imagenet'"),
     ("loss", "hinge", "'cross_entropy', 'bcos_bce'"),
     ("bort_mode", "l3-full", "'l2-full'"),
+    ("explain_baseline", "bort_sgd", "'', 'sgd', 'adamw', 'lamb'"),
     ("learning_rate", -0.1, "a float > 0"),
     ("gamma", -1.0, "a float >= 0"),
     ("alpha", 0.0, "a float > 0"),
