@@ -169,7 +169,7 @@ def partition_specs(params, strategy):
 
 def gram_side(mode, k):
   """The side whose Gram the correction forms, as in ``correction.correction_of``."""
-  return km.contracting_side(k) if mode == "l2-full" else correction.side_of(mode, k)
+  return km.contracting_side(k) if mode == "l2-full" else correction.side_for(mode, k.is_tall)
 
 
 def _shards(k, axes, mesh):
