@@ -39,6 +39,15 @@ def test_mesh_axis_names_do_not_change_a_view():
   assert not guess.certain  # an einsum's kind is unknown without its string: a warned guess, not a wrong view
 
 
+def test_an_unnamed_axis_beside_embed_is_never_folded_into_the_outputs():
+  # nn.scan(metadata_params={nn.PARTITION_NAME: None}) at axis 1, or a mesh name: the axis may be stacked layers.
+  scanned = infer_view(("Dense_0", "kernel"), 3, axis_names=("embed", None, "mlp"))
+  assert scanned.certain and scanned.view == bj.KernelView((0,), (2,), (1,))
+  query = infer_view(("attention", "query", "kernel"), 4, axis_names=("embed", None, "heads", "kv"))
+  assert query.certain and query.view == bj.KernelView((0,), (2, 3), (1,))
+  assert not infer_view(("mlp", "wi", "kernel"), 3, axis_names=("embed", "model", "mlp")).certain
+
+
 def test_short_axis_name_lists_are_ignored_and_said():
   # flax lm1b: ("embed", "kv") on a 3-D attention kernel.
   guess = infer_view(("attention", "query", "kernel"), 3, axis_names=("embed", "kv"))

@@ -148,7 +148,9 @@ def infer_view(names: Sequence[str], ndim: int, layout: str = "flax", stacked: S
   if len(rest) == 2:
     return guess(rest[:1], rest[1:], batch, True, source("2-D kernel (in, out)"))
   embed = tuple(a for a in rest if roles[a] == "embed")
-  if embed and len(embed) < len(rest):
+  # Only when every axis is named for what it is: an unnamed one (None, a mesh axis, or nn.scan's PARTITION_NAME
+  # None) may be a stacked layer, which the split would silently fold into the outputs.
+  if embed and len(embed) < len(rest) and all(roles[a] is not None for a in rest):
     others = tuple(a for a in rest if a not in embed)
     in_axes, out_axes = (others, embed) if embed[-1] == rest[-1] and embed[0] != rest[0] else (embed, others)
     return guess(in_axes, out_axes, batch, True, source(f"axis names ({named})"))
