@@ -246,7 +246,7 @@ def divergence_report(state: TrainState, config: ml_collections.ConfigDict, boun
   step, leaf = (int(v) for v in jax.device_get(state.divergence))
   if not step:
     return None
-  paths = ["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+  paths = [jax.tree_util.keystr(path, simple=True, separator="/")
            for path, _ in jax.tree_util.tree_flatten_with_path(state.params)[0]]
   layer = "loss" if leaf < 0 else paths[leaf]
   gamma = config.gamma if optimizers.OPTIMIZERS[config.optimizer].bort else None
