@@ -31,11 +31,10 @@ twice-differentiable penalty: no curvature, no bound (``ValueError``).
 ρ of l2-full comes from power iteration with matvecs v ↦ Mᵀ(Mv) − αv on the smaller side (the larger side's
 extra zero eigenvalues belong to directions that Δ never moves), so a sharded kernel is never gathered.
 
-Measured (zero gradients, bisection on γ over wide, square, tall and conv kernels; ``tests/test_stability.py``):
-the divergence threshold is 1.4–1.9× γ* with heavy-ball μ = 0.9, 2.1–2.9× with Nesterov μ = 0.9 and 2.9–5×
-without momentum and for BortA (the linearisation's 3σ² − α against the σ² − α of one actual step). A scalar
-model of the same iteration puts the threshold at ≥ 1.1× γ* for every μ ≤ 0.99; heavy ball at μ = 0.999 can
-diverge 3% below γ*.
+Measured tightness (zero gradients; wide, square, tall and conv kernels, l2-full and l2-row, every optimizer form):
+``benchmarks/results/gamma_stability.md``, written by ``python -m benchmarks.gamma_stability``. A scalar model of
+the same iteration puts the threshold above γ* for every μ ≤ 0.99; heavy ball at μ = 0.999 can diverge slightly
+below it.
 Coupled weight decay λ_wd adds λ_wd to every curvature (negligible at usual values) and is left out.
 
 Reference: Polyak, "Some methods of speeding up the convergence of iteration methods", 1964 (heavy ball);
