@@ -53,26 +53,20 @@ def _bort_sgd(config, lr, views):
                            rules=bort_rules(config), views=views)
 
 
-def _adamw(config, lr, views):
-  del views
-  return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+def _adaptive(optimizer):
+  """Builds `optax.adamw` / `optax.lamb` from the config's moments and decoupled decay."""
+  def build(config, lr, views):
+    del views
+    return optimizer(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+  return build
 
 
-def _bort_adamw(config, lr, views):
-  return bort_jax.bort_adamw(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps,
-                             weight_decay=config.weight_decay, alpha=_alpha(config), mode=config.bort_mode,
-                             rules=bort_rules(config), views=views)
-
-
-def _lamb(config, lr, views):
-  del views
-  return optax.lamb(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
-
-
-def _bort_lamb(config, lr, views):
-  return bort_jax.bort_lamb(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps,
-                            weight_decay=config.weight_decay, alpha=_alpha(config), mode=config.bort_mode,
-                            rules=bort_rules(config), views=views)
+def _bort_adaptive(alias):
+  """Builds `bort_jax.bort_adamw` / `bort_jax.bort_lamb` from the config's moments, decay and Bort fields."""
+  def build(config, lr, views):
+    return alias(lr, config.gamma, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay,
+                 alpha=_alpha(config), mode=config.bort_mode, rules=bort_rules(config), views=views)
+  return build
 
 
 class OptimizerSpec(NamedTuple):
@@ -85,10 +79,10 @@ class OptimizerSpec(NamedTuple):
 OPTIMIZERS = {
     "sgd": OptimizerSpec(_sgd, bort=False),
     "bort_sgd": OptimizerSpec(_bort_sgd, bort=True),
-    "adamw": OptimizerSpec(_adamw, bort=False),
-    "bort_adamw": OptimizerSpec(_bort_adamw, bort=True),
-    "lamb": OptimizerSpec(_lamb, bort=False),
-    "bort_lamb": OptimizerSpec(_bort_lamb, bort=True),
+    "adamw": OptimizerSpec(_adaptive(optax.adamw), bort=False),
+    "bort_adamw": OptimizerSpec(_bort_adaptive(bort_jax.bort_adamw), bort=True),
+    "lamb": OptimizerSpec(_adaptive(optax.lamb), bort=False),
+    "bort_lamb": OptimizerSpec(_bort_adaptive(bort_jax.bort_lamb), bort=True),
 }
 
 
