@@ -243,8 +243,13 @@ def _script(dataset: str) -> str:
 
 
 def _load_previous(path: str, epochs: dict) -> tuple[dict, list[str]]:
-  """Cells and commands of an earlier invocation (for --merge); runs lacking "epochs" take `epochs`."""
-  saved = json.loads(pathlib.Path(path).with_suffix(".json").read_text())
+  """Cells and commands of an earlier invocation (for --merge); runs lacking "epochs" take `epochs`. None
+  before the first invocation wrote the file, so that one command line serves every run of a table."""
+  saved_path = pathlib.Path(path).with_suffix(".json")
+  if not saved_path.exists():
+    print(f"--merge: {saved_path} does not exist yet; starting the table.")
+    return {}, []
+  saved = json.loads(saved_path.read_text())
   if "runs" not in saved:  # first format: the runs mapping alone
     saved = {"commands": [], "runs": saved}
   results = {}
