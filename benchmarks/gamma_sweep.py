@@ -101,6 +101,10 @@ GAMMAS = {"sgd": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
 CIFAR_GAMMAS = {"resnet20": {"sgd": (3e-3, 1e-2, 3e-2, 1e-1), "adamw": (1.5, 5.0, 15.0, 50.0)},
                 "vit_tiny": {"sgd": (3e-3, 1e-2, 3e-2, 1e-1), "adamw": (5.0, 15.0, 50.0, 150.0)}}
 CIFAR_FAMILIES = {"resnet20": ("sgd",), "vit_tiny": ("adamw",)}
+# Added after the ResNet-20 baseline and γ = 3e-3 runs, before any other: the fitted PSNR from ResNet-20's last
+# stage was 12.875 dB for both, 0.007 dB above a zero image's (x̂ is uncorrelated with x), so it cannot rank γ;
+# the orthogonality gap breaks such ties (benchmarks/results/cifar10_plan.md, "Amendment").
+CIFAR_PSNR_RESOLUTION = 0.1
 ALPHAS = ("1", "adaptive")
 MODES = ("l2-full", "l1-full")
 # Feature depths in forward order; the last is "the last feature layer". MNIST models: kernels whose ReLU
@@ -111,8 +115,9 @@ FEATURE_LAYERS = {"mlp": ("layers/0", "layers/1"), "lenet5": ("conv1", "conv2", 
 RECONSTRUCTION_BATCH = 100
 SELECTION_RULE = ("on the validation (holdout) split only: the baseline with the best accuracy; the Bort setting "
                   "with the best accuracy; the Bort setting with the highest PSNR whose accuracy is at least the "
-                  "baseline's minus --tolerance (default one binomial standard error); these alone go to the test "
-                  "split (stage final)")
+                  "baseline's minus --tolerance (default one binomial standard error), PSNRs within --psnr-resolution "
+                  "dB of the highest tying and a tie going to the smallest orthogonality gap; these alone go to the "
+                  "test split (stage final)")
 NUM_RECONSTRUCTED = 1000
 HOLDOUT = data_lib.HOLDOUT_SPLIT
 
@@ -177,6 +182,7 @@ class Sweep:
   modes: Sequence[str] = MODES
   seeds: Sequence[int] = (0, 1, 2)
   tolerance: float | None = None
+  psnr_resolution: float = 0.0
   out: pathlib.Path = REPO / "benchmarks" / "results"
   workdir: pathlib.Path = REPO / "runs" / "gamma_sweep"
   data_dir: str | None = None
@@ -250,7 +256,8 @@ class Sweep:
     return report.select(records, family, self.psnr_metric)["baseline"]
 
   def selected(self, records: Sequence[dict]) -> dict[str, dict]:
-    return {f: report.select(records, f, self.psnr_metric, self.tolerance) for f in self.families}
+    return {f: report.select(records, f, self.psnr_metric, self.tolerance, self.psnr_resolution)
+            for f in self.families}
 
   def final_settings(self, records: Sequence[dict]) -> list[Setting]:
     for family in self.families:
@@ -402,6 +409,9 @@ def parse_args(argv=None):
   parser.add_argument("--tolerance", type=float,
                       help="Accuracy (fraction) Bort may lose against the baseline on validation and still count as "
                            "'held' (default: one binomial standard error of the baseline's validation accuracy).")
+  parser.add_argument("--psnr-resolution", type=float,
+                      help="PSNRs (dB) this close to the highest held one tie; a tie goes to the smallest "
+                           "orthogonality gap (default: 0 for MNIST models, CIFAR_PSNR_RESOLUTION for CIFAR ones).")
   parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="Folder of the .md/.png/.jsonl.")
   parser.add_argument("--workdir", default=str(REPO / "runs" / "gamma_sweep"),
                       help="Per-run trainer folders (checkpoints for resuming a cut run; deleted once recorded).")
@@ -416,12 +426,13 @@ def model_defaults(cli_model: str) -> dict:
   """The sweep grid of a model when no flag overrides it: MNIST models the full grids above; CIFAR models their
   config's standard baseline recipe (one point), `CIFAR_GAMMAS` and the MNIST sweeps' mode and α."""
   if cli_model not in CIFAR_MODELS:
-    return {"families": FAMILIES, "grid": BASELINE_GRID, "gammas": GAMMAS, "alphas": ALPHAS, "modes": MODES}
+    return {"families": FAMILIES, "grid": BASELINE_GRID, "gammas": GAMMAS, "alphas": ALPHAS, "modes": MODES,
+            "psnr_resolution": 0.0}
   recipes = MODELS[cli_model][1].RECIPES
   grid = {f: {"learning_rate": (recipes[f]["learning_rate"],), "weight_decay": (recipes[f]["weight_decay"],)}
           for f in FAMILIES}
   return {"families": CIFAR_FAMILIES[cli_model], "grid": grid, "gammas": CIFAR_GAMMAS[cli_model], "alphas": ("1",),
-          "modes": ("l1-full",)}
+          "modes": ("l1-full",), "psnr_resolution": CIFAR_PSNR_RESOLUTION}
 
 
 def sweep_from_args(args, command: str) -> Sweep:
@@ -430,6 +441,7 @@ def sweep_from_args(args, command: str) -> Sweep:
                      f"{', '.join(CIFAR_MODELS) if args.dataset == 'cifar10' else 'mlp, lenet'}.")
   defaults = model_defaults(args.model)
   pick = lambda value, default: tuple(default if value is None else value)
+  pick_one = lambda value, default: default if value is None else value
   grid = {f: {k: pick(getattr(args, f"{f}_{flag}"), defaults["grid"][f][k])
               for k, flag in (("learning_rate", "lrs"), ("weight_decay", "wds"))} for f in FAMILIES}
   return Sweep(dataset=args.dataset, cli_model=args.model, epochs=args.epochs or EPOCHS[args.model],
@@ -438,6 +450,7 @@ def sweep_from_args(args, command: str) -> Sweep:
                gammas={f: pick(getattr(args, f"{f}_gammas"), defaults["gammas"][f]) for f in FAMILIES},
                alphas=pick(args.alphas, defaults["alphas"]), modes=pick(args.modes, defaults["modes"]),
                seeds=tuple(args.seeds), tolerance=args.tolerance,
+               psnr_resolution=pick_one(args.psnr_resolution, defaults["psnr_resolution"]),
                out=pathlib.Path(args.out), workdir=pathlib.Path(args.workdir), data_dir=args.data_dir,
                command=command, keep_workdirs=args.keep_workdirs)
 

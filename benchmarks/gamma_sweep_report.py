@@ -51,14 +51,16 @@ def binomial_se(accuracy: float, count: int) -> float:
   return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(count, 1))
 
 
-def select(records: Sequence[dict], family: str, psnr_metric: str, tolerance: float | None = None) -> dict:
+def select(records: Sequence[dict], family: str, psnr_metric: str, tolerance: float | None = None,
+           psnr_resolution: float = 0.0) -> dict:
   """The selected settings of one family, from validation numbers only (`val_*` fields of sweep records).
 
   Returns {"baseline": record, "bort_best_accuracy": record | None, "bort_max_psnr": record | None,
   "tolerance": float}: the baseline with the best validation accuracy; among the Bort records at that
   baseline's learning rate and weight decay, the one with the best validation accuracy and the one with the
   highest validation `psnr_metric` whose accuracy is at least the baseline's minus `tolerance` (None: one
-  binomial standard error of the baseline's validation accuracy).
+  binomial standard error of the baseline's validation accuracy). PSNRs within `psnr_resolution` dB of that
+  highest one tie, and a tie goes to the smallest orthogonality gap (the PSNR cannot tell them apart).
   """
   baselines = [r for r in records if r["stage"] == "baselines" and r["optimizer"] == family]
   baseline = _best(baselines, "accuracy")
@@ -69,8 +71,12 @@ def select(records: Sequence[dict], family: str, psnr_metric: str, tolerance: fl
   borts = [r for r in records if r["stage"] == "bort" and r["optimizer"] == f"bort_{family}"
            and r["learning_rate"] == baseline["learning_rate"] and r["weight_decay"] == baseline["weight_decay"]]
   holding = [r for r in borts if _val(r, "accuracy") >= baseline["val_accuracy"] - tolerance]
-  return {"baseline": baseline, "bort_best_accuracy": _best(borts, "accuracy"),
-          "bort_max_psnr": _best(holding, psnr_metric), "tolerance": tolerance}
+  top = _best(holding, psnr_metric)
+  if top is not None and psnr_resolution > 0:
+    tied = [r for r in holding if _val(r, psnr_metric) >= _val(top, psnr_metric) - psnr_resolution]
+    top = min(tied, key=lambda r: r["gap"])
+  return {"baseline": baseline, "bort_best_accuracy": _best(borts, "accuracy"), "bort_max_psnr": top,
+          "tolerance": tolerance}
 
 
 ROLES = {"baseline": "tuned baseline", "bort_best_accuracy": "Bort, best val. accuracy",

@@ -64,12 +64,26 @@ class _ValidationOnly(dict):
 
 
 def _record(stage, optimizer, lr, wd, val_acc, test_acc, val_psnr=10.0, test_psnr=10.0, gamma=0.0,
-            alpha="", mode=""):
+            alpha="", mode="", gap=0.1):
   setting = gs.Setting(stage=stage, dataset="mnist", model="mlp", optimizer=optimizer, learning_rate=lr,
                        weight_decay=wd, gamma=gamma, alpha=alpha, mode=mode)
   return _ValidationOnly(vars(setting) | {
       "key": setting.key, "val_accuracy": val_acc, "val_count": 10000, "val_psnr": val_psnr,
-      "val_psnr_fitted": val_psnr, "test_accuracy": test_acc, "test_psnr": test_psnr, "gap": 0.1})
+      "val_psnr_fitted": val_psnr, "test_accuracy": test_acc, "test_psnr": test_psnr, "gap": gap})
+
+
+def test_psnrs_within_the_resolution_tie_and_the_smallest_gap_wins():
+  """ResNet-20's last-stage PSNR did not tell γ apart (12.875 dB for every run): ties go to the gap."""
+  records = [_record("baselines", "sgd", 0.1, 1e-4, val_acc=0.58, test_acc=0.0),
+             _record("bort", "bort_sgd", 0.1, 1e-4, 0.60, 0.0, val_psnr=12.8750, gamma=3e-3, gap=0.0024),
+             _record("bort", "bort_sgd", 0.1, 1e-4, 0.59, 0.0, val_psnr=12.8745, gamma=3e-2, gap=0.0005),
+             _record("bort", "bort_sgd", 0.1, 1e-4, 0.58, 0.0, val_psnr=12.70, gamma=1e-1, gap=0.0001),
+             _record("bort", "bort_sgd", 0.1, 1e-4, 0.50, 0.0, val_psnr=12.88, gamma=1.0, gap=0.0)]  # not held
+  assert report.select(records, "sgd", "psnr")["bort_max_psnr"]["gamma"] == 3e-3
+  assert report.select(records, "sgd", "psnr", psnr_resolution=0.1)["bort_max_psnr"]["gamma"] == 3e-2
+  sweep = gs.sweep_from_args(gs.parse_args(["--dataset", "cifar10", "--model", "resnet20"]), "")
+  assert sweep.psnr_resolution == gs.CIFAR_PSNR_RESOLUTION
+  assert gs.sweep_from_args(gs.parse_args(["--dataset", "mnist", "--model", "mlp"]), "").psnr_resolution == 0.0
 
 
 def test_selection_follows_validation_where_test_disagrees():
