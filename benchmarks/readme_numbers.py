@@ -1,14 +1,16 @@
-"""The README's measured numbers, rendered from the committed result files instead of copied by hand.
+"""The measured numbers of the README and the docs, rendered from the committed result files instead of copied by hand.
 
-    python -m benchmarks.readme_numbers           # rewrite every generated block of README.md
-    python -m benchmarks.readme_numbers --check   # exit 1 with a diff when README.md differs from the results
+    python -m benchmarks.readme_numbers             # rewrite every generated block of every file in `FILES`
+    python -m benchmarks.readme_numbers --check     # exit 1 with a diff when a file differs from the results
+    python -m benchmarks.readme_numbers FILE [...]  # only these files
 
 A generated block sits between ``<!-- generated: NAME (python -m benchmarks.readme_numbers) -->`` and
-``<!-- end generated -->``; NAME picks its renderer in `BLOCKS`. Edit the renderer, not the block: the next
-run overwrites the block. The γ blocks read the records of `benchmarks/gamma_sweep.py`
-(`benchmarks/results/gamma_sweep_*.jsonl`) and select exactly as its report does (`gamma_sweep_report`).
-Prose claims that are words, not numbers ("never below", "level elsewhere"), are checked against the records
-too: a rerun that breaks one stops with a message instead of rendering a false sentence.
+``<!-- end generated -->``; NAME picks its renderer in `BLOCKS`, and a block may sit in several files (the γ
+table is in README.md and docs/gamma.md). Edit the renderer, not the block: the next run overwrites the block.
+The γ blocks read the records of `benchmarks/gamma_sweep.py` (`benchmarks/results/gamma_sweep_*.jsonl`) and
+select exactly as its report does (`gamma_sweep_report`). Prose claims that are words, not numbers ("never
+below", "level elsewhere"), are checked against the records too: a rerun that breaks one stops with a message
+instead of rendering a false sentence.
 """
 
 import argparse
@@ -26,11 +28,12 @@ from benchmarks import jsonl_records
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-README = REPO / "README.md"
+# The files that hold generated blocks.
+FILES = (REPO / "README.md", REPO / "docs" / "gamma.md")
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) \(python -m benchmarks\.readme_numbers\) -->\n)"
                    r"(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 
-# (dataset, model as in the file name, the README's row label), in the README's row order.
+# (dataset, model as in the file name, the table's row label), in the table's row order.
 SWEEPS = (("mnist", "lenet", "MNIST LeNet-5"), ("mnist", "mlp", "MNIST MLP"),
           ("fashion_mnist", "mlp", "Fashion MLP"), ("fashion_mnist", "lenet", "Fashion LeNet-5"))
 FAMILY_NAMES = {"sgd": "SGD", "adamw": "AdamW"}
@@ -106,7 +109,7 @@ def accuracy(values: Sequence[float]) -> str:
 def claim(holds: bool, sentence: str):
   """Stops the rendering when a sentence of the prose no longer follows from the records."""
   if not holds:
-    raise ValueError(f"the README says {sentence!r}, which the records no longer support: rewrite the prose in "
+    raise ValueError(f"the docs say {sentence!r}, which the records no longer support: rewrite the prose in "
                      "benchmarks/readme_numbers.py.")
 
 
@@ -114,7 +117,8 @@ def claim(holds: bool, sentence: str):
 
 
 def gamma_table(sweeps: dict[tuple[str, str], GammaSweep]) -> str:
-  """The "Choosing γ" table: tuned baseline and the max-PSNR Bort setting of every sweep, test split."""
+  """The "Choosing γ" table (README.md, docs/gamma.md): tuned baseline and the max-PSNR Bort setting of every
+  sweep, test split."""
   lines = ["| dataset / model | tuned baseline | Bort at the selected γ (max validation PSNR, accuracy held) |",
            "|---|---|---|"]
   for dataset, model, label in SWEEPS:
@@ -136,7 +140,8 @@ def gamma_table(sweeps: dict[tuple[str, str], GammaSweep]) -> str:
 
 
 def gamma_prose(sweeps: dict[tuple[str, str], GammaSweep]) -> str:
-  """The paragraph under the table: validation γ ranges on MNIST and the accuracy-first choices."""
+  """The paragraph under the table in docs/gamma.md: validation γ ranges on MNIST and the accuracy-first
+  choices."""
   lenet, mlp = sweeps["mnist", "lenet"], sweeps["mnist", "mlp"]
   held = lambda sweep, family, alpha: sweep.held(family)[alpha, "l2-full"][0]
   rises = lambda family: [min(s.held(family)[a, "l2-full"][1]) for s in (lenet, mlp) for a in ("1", "adaptive")
@@ -177,32 +182,38 @@ BLOCKS = {"gamma-table": gamma_table, "gamma-prose": gamma_prose}
 # ------------------------------------------------------------------------------------------------- main
 
 
-def render(text: str, results: pathlib.Path = RESULTS) -> str:
+def render(text: str, sweeps: dict[tuple[str, str], GammaSweep]) -> str:
   """`text` with the body of every generated block re-rendered; an unknown block name is an error."""
   names = [m["name"] for m in BLOCK.finditer(text)]
   unknown = sorted(set(names) - set(BLOCKS))
   if unknown:
     raise ValueError(f"unknown generated block(s) {unknown}; known: {sorted(BLOCKS)}.")
-  sweeps = load_sweeps(results)
   return BLOCK.sub(lambda m: m[1] + BLOCKS[m["name"]](sweeps) + m[4], text)
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--check", action="store_true", help="exit 1 with a diff instead of rewriting the file")
-  parser.add_argument("--readme", type=pathlib.Path, default=README)
+  parser.add_argument("files", nargs="*", type=pathlib.Path, default=list(FILES),
+                      help="files with generated blocks (default: README.md and docs/gamma.md)")
+  parser.add_argument("--check", action="store_true", help="exit 1 with a diff instead of rewriting the files")
   args = parser.parse_args(argv)
-  text = args.readme.read_text()
-  new = render(text)
-  if new == text:
-    return 0
-  if args.check:
-    sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(args.readme),
-                                               "rendered from benchmarks/results"))
-    return 1
-  args.readme.write_text(new)
-  print(f"rewrote the generated blocks of {args.readme}")
-  return 0
+  sweeps = load_sweeps()
+  stale = False
+  for path in args.files:
+    text = path.read_text()
+    if not BLOCK.search(text):
+      raise ValueError(f"{path} has no generated block.")
+    new = render(text, sweeps)
+    if new == text:
+      continue
+    stale = True
+    if args.check:
+      sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), str(path),
+                                                 "rendered from benchmarks/results"))
+    else:
+      path.write_text(new)
+      print(f"rewrote the generated blocks of {path}")
+  return int(stale and args.check)
 
 
 if __name__ == "__main__":
