@@ -1,5 +1,6 @@
 """The public namespace is what users call: a fixed list, each name documented."""
 
+import pathlib
 import types
 
 import bort_jax
@@ -25,3 +26,11 @@ def test_no_private_helpers_leak_into_the_namespace():
   exported = {name for name in dir(bort_jax) if not name.startswith("_")
               and not isinstance(getattr(bort_jax, name), types.ModuleType)}  # subpackages, e.g. explain
   assert exported - PUBLIC == set(), exported - PUBLIC
+
+
+def test_readme_quickstart_runs_as_written(capsys):
+  """The README's first Python block is what a newcomer pastes: it must run unchanged."""
+  readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+  quickstart = readme.split("```python\n", 1)[1].split("```", 1)[0]
+  exec(compile(quickstart, "README.md quickstart", "exec"), {})
+  assert "orthogonality gap over 1 layers" in capsys.readouterr().out
