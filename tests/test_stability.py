@@ -61,8 +61,8 @@ def test_unsupported_arguments_are_refused(kwargs, error):
 
 
 # (bort_sgd / bort_adamw keyword arguments, smallest γ/γ* that diverged in every measured case × margin).
-# Measured by bisection (README "Choosing γ"): heavy ball μ = 0.9 diverges from 1.4–1.9 γ*, Nesterov from
-# 2.1–2.9 γ*, no momentum and BortA from 2.9–5.0 γ*.
+# Measured by bisection (benchmarks/results/gamma_stability.md): heavy ball μ = 0.9 diverges from 1.4–1.9 γ*,
+# Nesterov from 2.1–2.9 γ*, no momentum and BortA from 2.9–5.0 γ*.
 OPTIMIZERS = [("sgd", {}, 6.0), ("sgd", {"momentum": 0.9}, 2.5),
               ("sgd", {"momentum": 0.9, "nesterov": True}, 4.0), ("adamw", {}, 6.0)]
 STEPS = 300

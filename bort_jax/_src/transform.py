@@ -97,7 +97,7 @@ def add_bort_correction(
     group_same_shape: stack same-shape kernels into one batched matmul; ``None``: on accelerators only.
     precision: matmul precision of the Gram WᵀW: ``"highest"`` (default), ``"high"`` or ``"default"``. TPUs
       and GPUs round float32 matmul inputs to bfloat16/TF32 at default precision, which makes Δ noise once
-      the off-diagonal gap is below ~1e-2; HIGHEST costs 3–6 bf16 passes for the Gram only (see the README).
+      the off-diagonal gap is below ~1e-2; HIGHEST costs up to 6 bf16 passes (XLA bf16_6x) for the Gram only.
     decoupled_decay: for :func:`bort_jax.bort_adamw`: c = lr·weight_decay (float or schedule); Δ is then
       evaluated at ``params · (1 − c)`` on the leaves of ``decoupled_decay_mask``, as the reference BortA
       decays the weights first and then corrects.

@@ -2,8 +2,7 @@
 
 From `benchmarks/gamma_sweep.py` (3-epoch budget, chosen on a held-out validation split, then 3 seeds on the
 test split); the test accuracy, PSNR and gap of every recipe against its baseline are in
-`benchmarks/results/gamma_sweep_fashion_mnist_lenet.md` ("Selected settings", "Verdict") and the README's
-"Choosing γ":
+`benchmarks/results/gamma_sweep_fashion_mnist_lenet.md` ("Selected settings", "Verdict") and docs/gamma.md:
 
 - sgd / adamw: the tuned baselines (lr x wd grid).
 - bort_sgd / bort_adamw: the largest validation reconstruction PSNR (fitted scale, last feature layer) whose

@@ -6,7 +6,7 @@
 The argument after ":" picks a recipe (default "bort_sgd"). Learning rates, weight decays, gamma, alpha
 and mode are what `benchmarks/gamma_sweep.py` selected (3-epoch budget, chosen on a held-out validation
 split, then 3 seeds on the test split). Their test accuracy, PSNR and gap against the baselines are in
-`benchmarks/results/gamma_sweep_mnist_lenet.md` ("Selected settings") and the README's "Choosing γ"; they
+`benchmarks/results/gamma_sweep_mnist_lenet.md` ("Selected settings") and docs/gamma.md; they
 are not copied here, so that a rerun has one place to update.
 
 - sgd / adamw: the tuned baselines (lr x wd grid).
