@@ -3,12 +3,11 @@
 Every transform, projection and diagnostic, on kernels sharded on the output axis (tensor parallel), on
 fan-in (FSDP), on both (2-D mesh), on attention heads and on the stacked-layer axis, under Explicit and Auto
 meshes, must equal the single-device result and (Explicit) keep each kernel's sharding. Prints one line per
-check and ``ALL_SHARDED_CHECKS_PASSED`` at the end; ``--hlo`` prints the collectives of the l2-full update;
-``--gather-once`` prints, for kernels whose Gram units are sharded, what one correction gathers and computes.
+check and ``ALL_SHARDED_CHECKS_PASSED`` at the end; before them, the collectives of the l2-full update and, for
+kernels whose Gram units are sharded, what one correction gathers and computes (one process: jax starts once).
 """
 
 import re
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -185,14 +184,10 @@ def gather_once(axis_type):
 
 if __name__ == "__main__":
   assert jax.device_count() == 8, jax.devices()
-  if "--gather-once" in sys.argv:
-    for axis_type in (AxisType.Explicit, AxisType.Auto):
-      gather_once(axis_type)
-    sys.exit(0)
-  if "--hlo" in sys.argv:
-    print("NO_GATHER_COLLECTIVES", l2_full_collectives(NO_GATHER))
-    print("CONV_TP_COLLECTIVES", l2_full_collectives(["conv_tp"]))
-    sys.exit(0)
+  for axis_type in (AxisType.Explicit, AxisType.Auto):
+    gather_once(axis_type)
+  print("NO_GATHER_COLLECTIVES", l2_full_collectives(NO_GATHER))
+  print("CONV_TP_COLLECTIVES", l2_full_collectives(["conv_tp"]))
   worst = 0.0
   for axis_type in (AxisType.Explicit, AxisType.Auto):
     worst = max(worst, check_mesh((4,), ("x",), ONE_D, axis_type))

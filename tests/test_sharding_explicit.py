@@ -9,29 +9,32 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = pathlib.Path(__file__).with_name("sharded_script.py")
 REPO = SCRIPT.parents[1]
 
 
-def run_script(*args):
+@pytest.fixture(scope="module")
+def script_output():
   # The script's own folder comes first on its path: name this checkout, not whichever bort_jax is installed.
   path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu", PYTHONPATH=path)
-  result = subprocess.run([sys.executable, "-W", "ignore", str(SCRIPT), *args], env=env, capture_output=True,
+  result = subprocess.run([sys.executable, "-W", "ignore", str(SCRIPT)], env=env, capture_output=True,
                           text=True, timeout=900)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   return result.stdout
 
 
-def test_every_transform_on_every_sharded_layout_equals_the_single_device_result():
-  out = run_script()
+def test_every_transform_on_every_sharded_layout_equals_the_single_device_result(script_output):
+  out = script_output
   assert "ALL_SHARDED_CHECKS_PASSED" in out, out[-3000:]
   worst = float(out.split("WORST_RELATIVE_ERROR")[1].split()[0])
   assert worst <= 1e-6
 
 
-def test_l2_full_update_all_reduces_partial_grams_and_gathers_no_kernel():
-  lines = dict(line.split(" ", 1) for line in run_script("--hlo").splitlines() if "_COLLECTIVES " in line)
+def test_l2_full_update_all_reduces_partial_grams_and_gathers_no_kernel(script_output):
+  lines = dict(line.split(" ", 1) for line in script_output.splitlines() if "_COLLECTIVES " in line)
   no_gather = ast.literal_eval(lines["NO_GATHER_COLLECTIVES"])
   assert "all-gather" not in no_gather, no_gather
   assert no_gather.get("all-reduce"), no_gather  # the partial Grams (and adaptive α's norms) are reduced
@@ -41,9 +44,9 @@ def test_l2_full_update_all_reduces_partial_grams_and_gathers_no_kernel():
   assert conv_tp.get("all-gather") == ["f32[3,3,16,32]"], conv_tp  # once, not once per Gram operand
 
 
-def test_a_kernel_with_sharded_gram_units_is_gathered_once_and_each_device_computes_its_share():
+def test_a_kernel_with_sharded_gram_units_is_gathered_once_and_each_device_computes_its_share(script_output):
   results = {}
-  for line in run_script("--gather-once").splitlines():
+  for line in script_output.splitlines():
     if line.startswith("GATHER_ONCE "):
       _, axis_type, name, mode, result = line.split(" ", 4)
       results[axis_type, name, mode] = ast.literal_eval(result)
