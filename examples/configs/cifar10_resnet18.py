@@ -20,14 +20,6 @@ RECIPES = {
 
 
 def get_config(recipe: str = "bort_sgd"):
-  c = default.get_config()
-  c.dataset = "cifar10"
-  c.model = "resnet18"
-  c.augment = "cifar"
-  c.batch_size = 128
-  c.eval_batch_size = 1000
-  c.num_epochs = 200
-  c.warmup_epochs = 1.0
-  c.half_precision = True
-  c.checkpoint_every_steps = 2000
+  c = default.cifar10(default.get_config(), "resnet18", num_epochs=200, half_precision=True,
+                      checkpoint_every_steps=2000)
   return default.apply_recipe(c, RECIPES, recipe)

@@ -102,19 +102,26 @@ def imagenet(config: ml_collections.ConfigDict, model: str, num_epochs: int):
   return config
 
 
-def cifar10_cpu(config: ml_collections.ConfigDict, model: str, checkpoint_every_steps: int):
-  """`config` set up for the CPU-budget CIFAR-10 table (issue #19): pad-4 crop + flip, batch 128, 10 epochs,
-  1 warmup epoch, float32, checkpoints every few minutes of training so that a kill loses little."""
+def cifar10(config: ml_collections.ConfigDict, model: str, *, num_epochs: int, half_precision: bool,
+            checkpoint_every_steps: int):
+  """`config` set up for CIFAR-10 with He et al. (2016)'s augmentation (pad-4 crop + flip), batch 128 and one
+  warmup epoch."""
   config.dataset = "cifar10"
   config.model = model
   config.augment = "cifar"
   config.batch_size = 128
   config.eval_batch_size = 1000
-  config.num_epochs = 10
+  config.num_epochs = num_epochs
   config.warmup_epochs = 1.0
-  config.half_precision = False
+  config.half_precision = half_precision
   config.checkpoint_every_steps = checkpoint_every_steps
   return config
+
+
+def cifar10_cpu(config: ml_collections.ConfigDict, model: str, checkpoint_every_steps: int):
+  """`cifar10` for the CPU-budget table (issue #19): 10 epochs, float32, checkpoints every few minutes of
+  training so that a kill loses little."""
+  return cifar10(config, model, num_epochs=10, half_precision=False, checkpoint_every_steps=checkpoint_every_steps)
 
 
 def apply_recipe(config: ml_collections.ConfigDict, recipes: dict[str, dict], name: str):
