@@ -160,7 +160,11 @@ def write_report(sweep: "Sweep"):
   md = out / f"{sweep.name}.md"
   metric, metric_name = sweep.psnr_metric, "raw" if sweep.psnr_metric == "psnr" else "fitted-scale"
   val_count = next((r["val_count"] for r in records if "val_count" in r), None)
-  lines = [f"# Choosing γ: {sweep.dataset} / {sweep.model}", "",
+  planned = len(sweep.baseline_settings()) + sum(len(sweep.modes) * len(sweep.alphas) * len(sweep.gammas[f])
+                                                 for f in sweep.families)
+  finished = sum(r["stage"] in ("baselines", "bort") for r in records)
+  lines = [f"# Choosing γ: {sweep.dataset} / {sweep.model}"
+           + (f" (in progress: {finished} of {planned} validation runs finished)" if finished < planned else ""), "",
            f"Budget: {sweep.epochs} epochs per run for every optimizer (batch {sweep.batch_size}, cosine decay after "
            f"a linear warmup of min(0.5, epochs/4) epochs, augmentation: {sweep.augment}"
            + (f", first {sweep.train_limit} training images" if sweep.train_limit else "") + "). "
@@ -169,7 +173,9 @@ def write_report(sweep: "Sweep"):
            f"are retrained on the whole training split with seeds {list(sweep.seeds)} and scored on the test split. "
            "Selection reads validation numbers only. PSNR: reconstruction x̂ = J(x)ᵀ f(x) / ∏α of 1,000 images "
            f"from the last feature layer ({sweep.feature_layer}); the selection uses the {metric_name} "
-           "PSNR. Gap: mean over kernels of the off-diagonal orthogonality gap (`bort_jax.orthogonality_gap`)."
+           "PSNR" + (f" (PSNRs within {sweep.psnr_resolution:g} dB of the highest held one tie, and a tie goes to the "
+                     "smallest gap)" if sweep.psnr_resolution else "")
+           + ". Gap: mean over kernels of the off-diagonal orthogonality gap (`bort_jax.orthogonality_gap`)."
            + (f" {sweep.note}" if sweep.note else ""), "",
            f"![validation accuracy and PSNR against γ]({sweep.name}.png)", "",
            "## Selected settings (train → test)", "",
