@@ -108,10 +108,10 @@ CIFAR_PSNR_RESOLUTION = 0.1
 ALPHAS = ("1", "adaptive")
 MODES = ("l2-full", "l1-full")
 # Feature depths in forward order; the last is "the last feature layer". MNIST models: kernels whose ReLU
-# outputs are the features; ResNet / ViT: the model's `features` (last stage / final LayerNorm tokens).
+# outputs are the features. ResNet / ViT: the stages of their `feature_stages()` (stem or embedding, stages or
+# evenly spaced blocks), the last being FEATURES, the model's `features(x)` (last stage / final LayerNorm tokens).
 FEATURES = "features"
-FEATURE_LAYERS = {"mlp": ("layers/0", "layers/1"), "lenet5": ("conv1", "conv2", "fc1", "fc2"),
-                  "resnet20": (FEATURES,), "vit_tiny": (FEATURES,)}
+FEATURE_LAYERS = {"mlp": ("layers/0", "layers/1"), "lenet5": ("conv1", "conv2", "fc1", "fc2")}
 RECONSTRUCTION_BATCH = 100
 SELECTION_RULE = ("on the validation (holdout) split only: the baseline with the best accuracy; the Bort setting "
                   "with the best accuracy; the Bort setting with the highest PSNR whose accuracy is at least the "
@@ -219,7 +219,7 @@ class Sweep:
 
   @property
   def feature_layer(self) -> str:
-    return FEATURE_LAYERS[self.model][-1]
+    return FEATURE_LAYERS.get(self.model, (FEATURES,))[-1]
 
   def setting(self, stage: str, optimizer: str, lr: float, wd: float, **kw) -> Setting:
     return Setting(stage=stage, dataset=self.dataset, model=self.model, optimizer=optimizer, learning_rate=lr,
@@ -317,49 +317,63 @@ def _lookup(tree, path: str):
   return tree
 
 
-def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray
-                           ) -> dict[str, dict[str, float]]:
-  """Reconstruction MSE / PSNR / fitted PSNR from every feature depth of the trained model, on `images`.
+def feature_reconstruction(config: ml_collections.ConfigDict, state: train.TrainState):
+  """The trained model's features at every depth, in forward order, for `bort_jax.explain.reconstruction`.
 
-  MNIST models: the features are the ReLU outputs of the layers in `FEATURE_LAYERS`, read from the model's
-  sown pre-activations (`capture=True`, the DBort hook), and x̂ is scaled by 1/∏α of those layers. ResNet /
-  ViT: the model's `features` (last stage), scale 1, so only the fitted PSNR is meaningful. The model's own
-  forward pass is differentiated, on the normalized images it sees; errors are measured in [0, 1] pixel space
-  (each channel's difference times its std), where the peak is 1. Means over the first `NUM_RECONSTRUCTED`
-  images, in batches of `RECONSTRUCTION_BATCH`.
+  Returns (params, {depth name: features_fn(params, pixels)}, scales_fn(params) -> {depth name: scale}, std):
+  `pixels` are the normalized images the model sees times `std` (pixels minus the mean), and the scales turn
+  J(x)ᵀ f(x) into x̂ in those units. MNIST models: the ReLU outputs of the layers in `FEATURE_LAYERS`, read from
+  the model's sown pre-activations (`capture=True`, the DBort hook), scale 1/∏α of those layers. ResNet / ViT:
+  the model's `features` at each of its `feature_stages()`, scale 1, so only a fitted-scale PSNR is meaningful.
   """
   stats = data_lib.normalization(config.dataset)
   model = models_lib.create_model(config.model, num_classes=10, rngs=nnx.Rngs(0), use_bias=config.use_bias,
                                   capture=True, **dict(config.model_kwargs))
   model.eval()
   graph = nnx.split(model, nnx.Param, ...)[0]
-  layers = FEATURE_LAYERS[config.model]
+  stages = model.feature_stages() if hasattr(model, "feature_stages") else None
+  layers = tuple(stages or FEATURE_LAYERS[config.model])
   std = jnp.asarray(stats.std, jnp.float32)
 
   def features_fn(layer):
-    def fn(params, pixels):  # pixels: normalized images times std, so that x̂ comes out in pixel units
+    def fn(params, pixels):
       net = nnx.merge(graph, params, state.model_state)
-      if layer == FEATURES:
-        return nnx.capture(lambda m, x: m.features(x), nnx.Intermediate)(net, pixels / std)[0]
+      if stages:
+        return nnx.capture(lambda m, x: m.features(x, stages[layer]), nnx.Intermediate)(net, pixels / std)[0]
       _, sown = nnx.capture(net, nnx.Intermediate)(pixels / std)
       return jax.nn.relu(_lookup(nnx.to_pure_dict(sown), layer)["preact"][0])
     return fn
 
+  def scales_fn(params):
+    # J over pixels is J over normalized inputs divided by std: std² turns x̂ into the normalized x̂ times std.
+    scales = (jnp.ones(len(layers)) if stages
+              else reconstruction.depth_scales([_lookup(params, layer)["kernel"] for layer in layers]))
+    return {layer: s * std ** 2 for layer, s in zip(layers, scales)}
+
+  return jax.device_get(state.params), {layer: features_fn(layer) for layer in layers}, scales_fn, std
+
+
+def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray
+                           ) -> dict[str, dict[str, float]]:
+  """Reconstruction MSE / PSNR / fitted PSNR from every feature depth of the trained model, on `images`.
+
+  The depths and scales are `feature_reconstruction`'s (ResNet / ViT: scale 1, only the fitted PSNR is
+  meaningful). The model's own forward pass is differentiated, on the normalized images it sees; errors are
+  measured in [0, 1] pixel space (each channel's difference times its std), where the peak is 1. Means over the
+  first `NUM_RECONSTRUCTED` images, in batches of `RECONSTRUCTION_BATCH`.
+  """
+  params, features_fns, scales_fn, std = feature_reconstruction(config, state)
+
   @jax.jit
   def measure(params, x):
-    # J over pixels is J over normalized inputs divided by std: std² turns x̂ into the normalized x̂ times std.
-    scales = (jnp.ones(1) if layers == (FEATURES,)
-              else reconstruction.depth_scales([_lookup(params, layer)["kernel"] for layer in layers]))
-    return reconstruction.reconstruction_by_depth({l: features_fn(l) for l in layers}, params, x * std,
-                                                  {l: s * std ** 2 for l, s in zip(layers, scales)})
+    return reconstruction.reconstruction_by_depth(features_fns, params, x * std, scales_fn(params))
 
-  x = train.normalize_images(jnp.asarray(images[:NUM_RECONSTRUCTED]), stats)  # what the trainer feeds
-  params = jax.device_get(state.params)
+  x = train.normalize_images(jnp.asarray(images[:NUM_RECONSTRUCTED]), data_lib.normalization(config.dataset))
   parts = [jax.device_get(measure(params, x[i:i + RECONSTRUCTION_BATCH]))
            for i in range(0, len(x), RECONSTRUCTION_BATCH)]
   sizes = [min(RECONSTRUCTION_BATCH, len(x) - i) for i in range(0, len(x), RECONSTRUCTION_BATCH)]
   return {layer: {k: float(np.average([p[layer][k] for p in parts], weights=sizes)) for k in parts[0][layer]}
-          for layer in layers}
+          for layer in features_fns}
 
 
 def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_dir: str | None,
@@ -373,7 +387,7 @@ def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_di
     raise SystemExit(f"{setting.key}: {results['diverged']['message']} Drop this setting from the sweep grid.")
   eval_images, eval_labels = data_lib.as_arrays(train.load_splits(config, data_dir)[1])
   recon = reconstruction_metrics(config, state, eval_images)
-  last = recon[FEATURE_LAYERS[setting.model][-1]]
+  last = list(recon.values())[-1]  # the last feature layer
   split = "val" if setting.split == HOLDOUT else "test"
   record = dataclasses.asdict(setting) | {
       "key": setting.key, f"{split}_accuracy": results["test_accuracy"], f"{split}_loss": results["test_loss"],

@@ -136,7 +136,7 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   timed = [config] + ([make_config(dataset, model, baseline, epochs, args)] if baseline else [])
   times = step_seconds(timed, batch, args.timed_steps)
   record = {"seed": seed, "test_accuracy": results["test_accuracy"], "gap": results["mean_offdiag_gap"],
-            "psnr": psnr[gamma_sweep.FEATURE_LAYERS[model][-1]]["psnr_fitted"],
+            "psnr": list(psnr.values())[-1]["psnr_fitted"],  # the last feature stage
             "seconds": sum(r["seconds"] for r in metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).read()),
             "epochs": epochs, "settings": _settings(config), "step_seconds": times[0]}
   if baseline:

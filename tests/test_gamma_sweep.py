@@ -190,14 +190,16 @@ def test_cifar_sweeps_take_the_standard_baseline_and_four_gammas_around_the_conf
     gs.sweep_from_args(gs.parse_args(["--dataset", "mnist", "--model", model]), "")
 
 
-@pytest.mark.parametrize("model,kwargs", [("resnet20", {"stage_sizes": (1, 1), "widths": (4, 8)}),
-                                          ("vit_tiny", {"dim": 12, "depth": 1})])
-def test_reconstruction_psnr_of_the_last_feature_stage_of_cifar_models(model, kwargs):
-  """Finite PSNR from `features` of a tiny ResNet / ViT on real-shaped RGB images, in [0, 1] pixel space."""
+@pytest.mark.parametrize("model,kwargs,stages", [
+    ("resnet20", {"stage_sizes": (1, 1), "widths": (4, 8)}, ["stem", "stage1", "features"]),
+    ("vit_tiny", {"dim": 12, "depth": 1}, ["embedding", "features"])])
+def test_reconstruction_psnr_of_every_feature_stage_of_cifar_models(model, kwargs, stages):
+  """Finite PSNR from every stage of a tiny ResNet / ViT on real-shaped RGB images, in [0, 1] pixel space, the last
+  being `features` (the stage the sweep and the table score)."""
   config = gs.make_config(gs.Sweep("cifar10", model, epochs=1).setting("baselines", "sgd", 0.1, 1e-4), model)
   config.model_kwargs = kwargs
   state, _ = train.create_train_state(train.create_model(config, 10), optax.sgd(0.1))
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   metrics = gs.reconstruction_metrics(config, state, images)
-  assert list(metrics) == ["features"] and np.isfinite(metrics["features"]["psnr_fitted"])
-  assert metrics["features"]["psnr_fitted"] > 0
+  assert list(metrics) == stages
+  assert all(np.isfinite(m["psnr_fitted"]) and m["psnr_fitted"] > 0 for m in metrics.values())

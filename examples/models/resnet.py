@@ -16,11 +16,13 @@ block starts at scale 0 (Goyal et al., 2017) so each block begins as the identit
 
 ``capture=True`` sows every convolution's output (before its BatchNorm) and the classifier's logits as the
 layer's ``preact`` (``examples.models.capture``): one per constrained kernel, as DBort needs.
-``features(x)`` is the last stage's feature map, the representation reconstruction is measured from.
+``features(x)`` is the last stage's feature map, the representation reconstruction is measured from;
+``features(x, depth)`` stops after the stem and ``depth`` stages, named in ``feature_stages()``.
 """
 
 from collections.abc import Sequence
 import functools
+import itertools
 
 from flax import nnx
 import jax
@@ -151,18 +153,27 @@ class ResNet(nnx.Module):
                                 capture=capture))
         features = width * block_cls.expansion
     self.blocks = nnx.List(blocks)
+    self.stage_ends = tuple(itertools.accumulate(stage_sizes))  # blocks applied after each stage
     self.head = nnx.Linear(features, num_classes, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
                            rngs=rngs)
     self.capture = capture
 
-  def features(self, x: jax.Array) -> jax.Array:
-    """The last stage's output, (N, H', W', C): the feature map the classifier average-pools."""
+  def features(self, x: jax.Array, depth: int | None = None) -> jax.Array:
+    """The output of the stem and the first ``depth`` stages, (N, H', W', C); 0: the stem's; None: the last
+    stage's, the feature map the classifier average-pools."""
+    if depth is not None and not 0 <= depth <= len(self.stage_ends):
+      raise ValueError(f"depth must be None or in [0, {len(self.stage_ends)}] (the stages), got {depth}.")
     x = nnx.relu(self.stem_norm(record(self.stem_conv, self.stem_conv(x), self.capture)))
     if self.imagenet_stem:
       x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for block in self.blocks:
+    for block in self.blocks[:None if depth is None else (0, *self.stage_ends)[depth]]:
       x = block(x)
     return x
+
+  def feature_stages(self) -> dict[str, int | None]:
+    """Stage name -> ``features`` depth in forward order: the stem, every stage but the last, and "features"
+    (the last stage, ``features(x)``), the representations reconstruction is measured from."""
+    return {"stem": 0, **{f"stage{s}": s for s in range(1, len(self.stage_ends))}, "features": None}
 
   def __call__(self, x: jax.Array) -> jax.Array:
     logits = self.head(jnp.mean(self.features(x), axis=(1, 2)))

@@ -13,7 +13,8 @@ and the LayerNorm shifts.
 the patch embedding, the attention's query/key/value/out projections, both MLP layers and the head. The block
 therefore applies the attention's projections itself (the same sub-modules and parameters as
 ``nnx.MultiHeadAttention.__call__``, without attention dropout, which these models do not use).
-``features(x)`` is the final LayerNorm of every token, the representation reconstruction is measured from.
+``features(x)`` is the final LayerNorm of every token, the representation reconstruction is measured from;
+``features(x, depth)`` stops after ``depth`` encoder blocks, at the depths named in ``feature_stages()``.
 """
 
 from flax import nnx
@@ -101,15 +102,25 @@ class ViT(nnx.Module):
     self.head = nnx.Linear(dim, num_classes, kernel_init=_DENSE_INIT, **kw)
     self.capture = capture
 
-  def features(self, x: jax.Array) -> jax.Array:
-    """Every token after the final LayerNorm, (N, T, dim); the head reads the class token (index 0)."""
+  def features(self, x: jax.Array, depth: int | None = None) -> jax.Array:
+    """Every token, (N, T, dim), after the first ``depth`` encoder blocks (0: the embedded patches, class token and
+    positions); None: after every block and the final LayerNorm, whose class token (index 0) the head reads."""
+    if depth is not None and not 0 <= depth <= len(self.blocks):
+      raise ValueError(f"depth must be None or in [0, {len(self.blocks)}] (the blocks), got {depth}.")
     x = record(self.patch_embed, self.patch_embed(x), self.capture)
     x = x.reshape(x.shape[0], -1, x.shape[-1])
     cls = jnp.broadcast_to(self.cls.embedding[...], (x.shape[0], 1, x.shape[-1])).astype(x.dtype)
     x = jnp.concatenate([cls, x], axis=1) + self.position.embedding[...].astype(x.dtype)
-    for block in self.blocks:
+    for block in self.blocks[:depth]:
       x = block(x)
-    return self.norm(x)
+    return self.norm(x) if depth is None else x
+
+  def feature_stages(self) -> dict[str, int | None]:
+    """Stage name -> ``features`` depth in forward order: the embedding, every ``depth // 4``-th block (every block
+    of up to 7) but the last, and "features" (``features(x)``), the representations reconstruction is measured
+    from."""
+    step = max(1, len(self.blocks) // 4)
+    return {"embedding": 0, **{f"block{b}": b for b in range(step, len(self.blocks), step)}, "features": None}
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return record(self.head, self.head(self.features(x)[:, 0]), self.capture).astype(jnp.float32)

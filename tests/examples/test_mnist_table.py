@@ -5,8 +5,10 @@ import json
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 
+from benchmarks import cifar10_explain
 from benchmarks import cifar_table
 from benchmarks import mnist_table
 from benchmarks import table
@@ -70,11 +72,13 @@ def test_only_commands_that_still_own_a_cell_are_listed():
   assert mnist_table.current_commands(commands[:3], mnist_table._parser()) == commands[:3]
 
 
-def test_tiny_cifar_cell_measures_psnr_and_overhead_and_resumes(tmp_path, monkeypatch, data_dir):
-  """A shrunken ResNet-20 on 256 CIFAR-10 images: the record has PSNR and the Bort/baseline step times; a cut
-  command leaves an "in progress" table, and the rerun reads the finished seed instead of training it."""
+@pytest.fixture(scope="module")
+def tiny_cifar_cell(tmp_path_factory, data_dir):
+  """A shrunken ResNet-20 Bort-SGD cell on 256 CIFAR-10 images, by a command cut after seed 0 of seeds 0 and 1:
+  (the table's path, the command's arguments but --seeds); its runs are in `runs/` beside the table."""
   if not (data_dir / "cifar10.npz").exists():
     pytest.skip("cifar10.npz not found")
+  tmp_path = tmp_path_factory.mktemp("cifar_table")
   out = tmp_path / "cifar.md"
   args = ["--out", str(out), "--models", "resnet20", "--optimizers", "bort_sgd", "--epochs", "1", "--train-limit",
           "256", "--timed-steps", "2", "--workdir", str(tmp_path / "runs"), "--data-dir",
@@ -86,9 +90,17 @@ def test_tiny_cifar_cell_measures_psnr_and_overhead_and_resumes(tmp_path, monkey
       raise KeyboardInterrupt
     return real(dataset, model, optimizer, epochs, seed, args)
 
-  monkeypatch.setattr(table, "run_seed", cut_after_seed_0)
-  with pytest.raises(KeyboardInterrupt):
-    _run(monkeypatch, *args, "--seeds", "0", "1", script=cifar_table)
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    monkeypatch.setattr(table, "run_seed", cut_after_seed_0)
+    with pytest.raises(KeyboardInterrupt):
+      _run(monkeypatch, *args, "--seeds", "0", "1", script=cifar_table)
+  return out, args
+
+
+def test_tiny_cifar_cell_measures_psnr_and_overhead_and_resumes(tiny_cifar_cell, monkeypatch):
+  """A shrunken ResNet-20 on 256 CIFAR-10 images: the record has PSNR and the Bort/baseline step times; a cut
+  command leaves an "in progress" table, and the rerun reads the finished seed instead of training it."""
+  out, args = tiny_cifar_cell
   text = out.read_text()
   assert "(in progress)" in text and "in progress: 1 of 2 seeds" in text and "JPEG-compressed" in text
   assert "16 CPU-hours" in text
@@ -97,8 +109,29 @@ def test_tiny_cifar_cell_measures_psnr_and_overhead_and_resumes(tmp_path, monkey
   assert run["psnr"] > 0 and run["step_seconds"] > 0 and run["baseline_step_seconds"] > 0
   assert "gamma=" in run["settings"] and "×" in _rows(out)[0]
 
-  monkeypatch.setattr(table, "run_seed", real)
   monkeypatch.setattr(table.train, "train_and_evaluate", lambda *a, **k: pytest.fail("seed 0 was retrained"))
   _run(monkeypatch, *args, "--seeds", "0", script=cifar_table)
   assert "in progress" not in out.read_text()
   assert json.loads(out.with_suffix(".json").read_text())["runs"]["resnet20/bort_sgd"] == [run]
+
+
+def test_cifar10_explain_draws_every_stage_of_the_finished_cells(tiny_cifar_cell, tmp_path, capsys):
+  """benchmarks.cifar10_explain on the tiny cell's runs: the figure and the Markdown, finite PSNRs per stage (the
+  last one the table's PSNR), the missing cells named with the command that trains them; no finished run: exit 1."""
+  out, _ = tiny_cifar_cell
+  runs, figure = out.parent / "runs", tmp_path / "explain.png"
+  cifar10_explain.main(["--runs", str(runs), "--out", str(figure)])
+  assert figure.stat().st_size > 10_000
+  [header, _, row] = [line for line in figure.with_suffix(".md").read_text().splitlines() if line.startswith("|")]
+  assert header.split("|")[4:-1] == [" stem ", " stage1 ", " features "]
+  psnrs = [float(cell) for cell in row.split("|")[4:-1]]
+  assert all(np.isfinite(psnrs)) and min(psnrs) > 0
+  [run] = json.loads(out.with_suffix(".json").read_text())["runs"]["resnet20/bort_sgd"]
+  assert psnrs[-1] == round(run["psnr"], 2)
+  printed = capsys.readouterr().out
+  assert f"vit_tiny adamw: no finished run in {runs / 'vit_tiny_adamw_seed0'}" in printed
+  assert "--models vit_tiny --optimizers adamw bort_adamw --seeds 0 1 --workdir" in printed
+
+  with pytest.raises(SystemExit, match="no finished CIFAR-10 table run of seed 1") as stop:
+    cifar10_explain.main(["--runs", str(runs), "--out", str(figure), "--seed", "1"])
+  assert "python -m benchmarks.cifar_table" in str(stop.value.code)

@@ -157,6 +157,26 @@ def test_real_forward_is_finite(name):
   assert logits.shape == (x.shape[0], 10) and np.all(np.isfinite(logits))
 
 
+@pytest.mark.parametrize("name,shapes", [
+    ("resnet20", {"stem": (32, 32, 16), "stage1": (32, 32, 16), "stage2": (16, 16, 32), "features": (8, 8, 64)}),
+    ("vit_tiny", {"embedding": (65, 192), "block1": (65, 192), "block2": (65, 192), "block3": (65, 192),
+                  "features": (65, 192)})])
+def test_feature_stages_end_with_exactly_the_features(name, shapes):
+  """Reconstruction stages: the stem/embedding, stages or evenly spaced blocks, and `features(x)` itself; the
+  last block's output is `features(x)` (ViT: before the final LayerNorm)."""
+  model = models.create_model(name, num_classes=10, rngs=nnx.Rngs(0))
+  model.eval()
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  stages = model.feature_stages()
+  assert {stage: model.features(x, depth).shape[1:] for stage, depth in stages.items()} == shapes
+  assert list(stages.values())[-1] is None
+  last = len(model.blocks) if name == "vit_tiny" else len(model.stage_ends)
+  after_last = model.features(x, last)
+  np.testing.assert_array_equal(model.norm(after_last) if name == "vit_tiny" else after_last, model.features(x))
+  with pytest.raises(ValueError, match=f"depth must be None or in \\[0, {last}\\]"):
+    model.features(x, last + 1)
+
+
 @pytest.mark.parametrize("name", ["mlp", "lenet5", "explain_cnn"])
 def test_bias_free_relu_nets_are_positively_homogeneous(name):
   """Without biases, ReLU + max-pool networks satisfy f(3x) = 3 f(x)."""

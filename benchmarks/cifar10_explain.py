@@ -1,0 +1,200 @@
+"""`cifar10_explain.png`: what each stage of the CIFAR-10 table's models keeps of the image (issue 19, item 4).
+
+    nice -n 10 python -m benchmarks.cifar10_explain [--runs runs/cifar10_table] \\
+        [--out benchmarks/results/cifar10_explain.png] [--seed 0]
+
+For ResNet-20 (SGD, Bort-SGD) and ViT-Tiny (AdamW, Bort-AdamW), each trained by `benchmarks/cifar_table.py` in
+`<runs>/<model>_<optimizer>_seed<seed>/`: the final state, restored from the run's last checkpoint without writing
+there, the first test images and their reconstruction x̂ = J(x)ᵀ f(x) from every stage of the model (the Bort
+paper's qualitative result), drawn as c·x̂ with c the least-squares scale per image (the model's x̂ has no calibrated
+scale) and clipped to [0, 1]. Titles give each stage's fitted-scale PSNR, the mean over the first
+`gamma_sweep.NUM_RECONSTRUCTED` test images (`gamma_sweep.reconstruction_metrics`, so the last stage's number is
+the table's PSNR of that run); `cifar10_explain.md` beside the figure has the numbers. A cell without a finished
+run is skipped with the command that trains it (`benchmarks/results/cifar10_plan.md`).
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shlex
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from benchmarks import gamma_sweep
+from benchmarks import table
+import bort_jax
+from bort_jax.explain import reconstruction
+from examples import checkpointing
+from examples import data as data_lib
+from examples import optimizers
+from examples import train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_RUNS = REPO / "runs" / "cifar10_table"
+CELLS = (("resnet20", "sgd"), ("resnet20", "bort_sgd"), ("vit_tiny", "adamw"), ("vit_tiny", "bort_adamw"))
+SHOWN = 4  # test images drawn per run and stage, as a 2 × 2 mosaic
+TABLE_COMMAND = ("nice -n 10 python -m benchmarks.cifar_table --out benchmarks/results/cifar10_table.md --merge "
+                 "--budget-hours 16 --models {model} --optimizers {optimizers} --seeds {seeds}")
+
+
+def finished(workdir: pathlib.Path) -> bool:
+  """Whether the trainer finished the run in `workdir` (its results.json says "completed")."""
+  results = workdir / "results.json"
+  return results.exists() and json.loads(results.read_text())["status"] == "completed"
+
+
+def train_command(model: str, seed: int, runs: pathlib.Path) -> str:
+  """The plan's table command for `model`'s cells, with every seed of the cell listed as the table needs."""
+  command = TABLE_COMMAND.format(model=model, optimizers=" ".join(o for m, o in CELLS if m == model),
+                                 seeds=" ".join(map(str, sorted({0, 1, seed}))))
+  return command if runs.resolve() == DEFAULT_RUNS else f"{command} --workdir {shlex.quote(str(runs))}"
+
+
+def restore_final_state(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, train.TrainState]:
+  """The config a run was trained with (its config.json) and the state of its last checkpoint, laid out as the
+  trainer builds it (`train.train_and_evaluate`); reads only."""
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+  model = train.create_model(config, config.num_classes)
+  tx, _ = optimizers.create_optimizer(config, 1, views=bort_jax.nnx_views(model))  # the schedule's length is moot
+  template, _ = train.create_train_state(model, tx)
+  checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), every_steps=0, keep=config.keep_checkpoints)
+  try:
+    return config, checkpointer.restore_latest(template)
+  finally:
+    checkpointer.close()
+
+
+def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray):
+  """{stage: (c·x̂ of the first `SHOWN` images in [0, 1], mean fitted-scale PSNR)} in forward order."""
+  psnr = gamma_sweep.reconstruction_metrics(config, state, images)
+  params, features_fns, scales_fn, std = gamma_sweep.feature_reconstruction(config, state)
+  mean = jnp.asarray(data_lib.normalization(config.dataset).mean, jnp.float32)
+
+  @jax.jit
+  def fitted_reconstructions(params, x):  # x: normalized images, as in reconstruction_metrics
+    pixels = x * std
+    shown = {}
+    for stage, scale in scales_fn(params).items():
+      x_hat = reconstruction.reconstruct(features_fns[stage], params, pixels, scale)
+      shown[stage] = jnp.clip(reconstruction.fitted_scale(pixels, x_hat) * x_hat + mean, 0.0, 1.0)
+    return shown
+
+  x = train.normalize_images(jnp.asarray(images[:SHOWN]), data_lib.normalization(config.dataset))
+  shown = jax.device_get(fitted_reconstructions(params, x))
+  return {stage: (shown[stage], psnr[stage]["psnr_fitted"]) for stage in psnr}
+
+
+def zero_reconstruction_psnr(config: ml_collections.ConfigDict, images: np.ndarray) -> float:
+  """PSNR of x̂ = 0 (c = 0, which the fitted scale can always choose) on the PSNR images: the fitted PSNR's floor."""
+  centred = images[:gamma_sweep.NUM_RECONSTRUCTED] / 255.0 - np.asarray(data_lib.normalization(config.dataset).mean)
+  return float(np.mean(reconstruction.reconstruction_errors(jnp.asarray(centred), jnp.zeros(centred.shape))[1]))
+
+
+def mosaic(images: np.ndarray, columns: int = 2, gap: int = 2) -> np.ndarray:
+  """(N, H, W, C) images tiled row by row, `columns` wide, on a white background with `gap` pixels between them."""
+  n, h, w, c = images.shape
+  canvas = np.ones((-(-n // columns) * (h + gap) - gap, columns * (w + gap) - gap, c), images.dtype)
+  for i, image in enumerate(images):
+    row, col = divmod(i, columns)
+    canvas[row * (h + gap):row * (h + gap) + h, col * (w + gap):col * (w + gap) + w] = image
+  return canvas
+
+
+def write_figure(path: pathlib.Path, originals: np.ndarray, explained: dict, title: str, caption: str):
+  """Rows: runs (label -> {stage: (images, PSNR)}); columns: the originals, then each stage's c·x̂."""
+  import matplotlib  # imported here: matplotlib is only in the examples/test extras
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  cols = 1 + max(len(stages) for stages in explained.values())
+  fig, axes = plt.subplots(len(explained), cols, figsize=(1.5 * cols + 1.0, 1.75 * len(explained) + 0.9),
+                           squeeze=False, layout="constrained")
+  for row, (label, stages) in zip(axes, explained.items()):
+    panels = [("test images", originals)] + [(f"{stage}\n{psnr:.2f} dB", images)
+                                             for stage, (images, psnr) in stages.items()]
+    for ax in row:
+      ax.set_axis_off()
+    for ax, (name, images) in zip(row, panels):
+      ax.set_axis_on(), ax.set_xticks([]), ax.set_yticks([])
+      ax.imshow(mosaic(images))
+      ax.set_title(name, fontsize=8)
+    row[0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+  fig.suptitle(title, fontsize=9)
+  fig.supxlabel(caption, fontsize=7)
+  fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.1)
+  plt.close(fig)
+
+
+def write_markdown(path: pathlib.Path, results: dict, accuracy: dict, notes: list[str]):
+  """One table per model (its stages as columns): fitted-scale PSNR (dB) per run, with its test accuracy."""
+  lines = [f"# CIFAR-10: reconstruction from every stage of the table's models ({path.with_suffix('.png').name})", ""]
+  for model in dict.fromkeys(m for m, _ in results):
+    stages = list(next(r for (m, _), r in results.items() if m == model))
+    lines += [f"| model | optimizer | test accuracy (%) | {' | '.join(stages)} |", "|---" * (len(stages) + 3) + "|"]
+    lines += [f"| {m} | {o} | {100 * accuracy[(m, o)]:.2f} | {' | '.join(f'{r[s][1]:.2f}' for s in stages)} |"
+              for (m, o), r in results.items() if m == model]
+    lines.append("")
+  path.write_text("\n".join(lines + [f"- {note}" for note in notes]) + "\n")
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--runs", default=str(DEFAULT_RUNS), help="The table's workdir (<model>_<optimizer>_seed<k>).")
+  parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cifar10_explain.png"))
+  parser.add_argument("--seed", type=int, default=0, help="Which seed's runs to draw.")
+  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", str(REPO.parent / "shared" / "data")))
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parse_args(argv)
+  runs, out = pathlib.Path(args.runs), pathlib.Path(args.out)
+  found, missing = {}, []
+  for model, optimizer in CELLS:
+    workdir = runs / f"{model}_{optimizer}_seed{args.seed}"
+    if finished(workdir):
+      found[(model, optimizer)] = workdir
+    else:
+      missing.append(f"{model} {optimizer}: no finished run in {workdir}; it is trained by: "
+                     f"{train_command(model, args.seed, runs)}")
+  if not found:
+    raise SystemExit(f"no finished CIFAR-10 table run of seed {args.seed} in {runs}; train them first (see "
+                     "benchmarks/results/cifar10_plan.md):\n" + "\n".join(missing))
+  for line in missing:
+    print(line, flush=True)
+  results, accuracy, images = {}, {}, None
+  for (model, optimizer), workdir in found.items():
+    config, state = restore_final_state(workdir)
+    if images is None:  # every run is scored on the same CIFAR-10 test split
+      images = data_lib.as_arrays(train.load_splits(config, args.data_dir)[1])[0]
+    results[(model, optimizer)] = explain_run(config, state, images)
+    accuracy[(model, optimizer)] = json.loads((workdir / "results.json").read_text())["test_accuracy"]
+    print(f"{model} {optimizer}: fitted PSNR (dB) " + ", ".join(
+        f"{stage} {psnr:.2f}" for stage, (_, psnr) in results[(model, optimizer)].items()), flush=True)
+  count, floor = min(gamma_sweep.NUM_RECONSTRUCTED, len(images)), zero_reconstruction_psnr(config, images)
+  explained = {f"{m}\n{o}\nacc {100 * accuracy[(m, o)]:.1f}%": r for (m, o), r in results.items()}
+  write_figure(out, images[:SHOWN] / 255.0, explained,
+               f"CIFAR-10 test images reconstructed from each stage (seed {args.seed}; the first {SHOWN} test images)",
+               f"c·x̂: x̂ = J(x)ᵀ f(x) from the stage, c the least-squares scale per image, clipped to [0, 1]. "
+               f"dB: fitted-scale PSNR, mean over the first {count:,} test images; x̂ = 0 scores {floor:.2f} dB.\n"
+               "features: the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens).")
+  notes = [f"Fitted-scale PSNR (dB) of c·x̂, x̂ = J(x)ᵀ f(x) from each stage (`gamma_sweep.reconstruction_metrics`), "
+           f"mean over the first {count:,} test images; c = 0 (x̂ = 0) scores {floor:.2f} dB on them, the floor. "
+           "`features` is the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens after the "
+           "last block), whose PSNR is the table's PSNR column.",
+           f"Runs: seed {args.seed} in `{os.path.relpath(runs, REPO) if runs.resolve().is_relative_to(REPO) else runs}`"
+           ", restored from their last checkpoint (`benchmarks/cifar_table.py`)."
+           + (f" Not drawn (no finished run): {', '.join(m.split(':')[0] for m in missing)}." if missing else ""),
+           f"Command: `{' '.join(['python -m benchmarks.cifar10_explain', *map(shlex.quote, argv)])}`.",
+           f"Data: {table.DATA_NOTES['cifar10']}."]
+  write_markdown(out.with_suffix(".md"), results, accuracy, notes)
+  print(f"wrote {out} and {out.with_suffix('.md')}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
