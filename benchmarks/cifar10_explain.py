@@ -8,9 +8,9 @@ For ResNet-20 (SGD, Bort-SGD) and ViT-Tiny (AdamW, Bort-AdamW), each trained by 
 there, the first test images and their reconstruction x̂ = J(x)ᵀ f(x) from every stage of the model (the Bort
 paper's qualitative result), drawn as c·x̂ with c the least-squares scale per image (the model's x̂ has no calibrated
 scale) and clipped to [0, 1]. Titles give each stage's fitted-scale PSNR, the mean over the first
-`gamma_sweep.NUM_RECONSTRUCTED` test images (`gamma_sweep.reconstruction_metrics`, so the last stage's number is
-the table's PSNR of that run); `cifar10_explain.md` beside the figure has the numbers. A cell without a finished
-run is skipped with the command that trains it (`benchmarks/results/cifar10_plan.md`).
+`stage_reconstruction.NUM_RECONSTRUCTED` test images (`stage_reconstruction.reconstruction_metrics`, so the last
+stage's number is the table's PSNR of that run); `cifar10_explain.md` beside the figure has the numbers. A cell
+without a finished run is skipped with the command that trains it (`benchmarks/results/cifar10_plan.md`).
 """
 
 import argparse
@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from benchmarks import gamma_sweep
+from benchmarks import stage_reconstruction
 from benchmarks import table
 import bort_jax
 from bort_jax.explain import reconstruction
@@ -71,8 +71,8 @@ def restore_final_state(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDic
 
 def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray):
   """{stage: (c·x̂ of the first `SHOWN` images in [0, 1], mean fitted-scale PSNR)} in forward order."""
-  psnr = gamma_sweep.reconstruction_metrics(config, state, images)
-  params, features_fns, scales_fn, std = gamma_sweep.feature_reconstruction(config, state)
+  psnr = stage_reconstruction.reconstruction_metrics(config, state, images)
+  params, features_fns, scales_fn, std = stage_reconstruction.feature_reconstruction(config, state)
   mean = jnp.asarray(data_lib.normalization(config.dataset).mean, jnp.float32)
 
   @jax.jit
@@ -91,7 +91,8 @@ def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, imag
 
 def zero_reconstruction_psnr(config: ml_collections.ConfigDict, images: np.ndarray) -> float:
   """PSNR of x̂ = 0 (c = 0, which the fitted scale can always choose) on the PSNR images: the fitted PSNR's floor."""
-  centred = images[:gamma_sweep.NUM_RECONSTRUCTED] / 255.0 - np.asarray(data_lib.normalization(config.dataset).mean)
+  mean = np.asarray(data_lib.normalization(config.dataset).mean)
+  centred = images[:stage_reconstruction.NUM_RECONSTRUCTED] / 255.0 - mean
   return float(np.mean(reconstruction.reconstruction_errors(jnp.asarray(centred), jnp.zeros(centred.shape))[1]))
 
 
@@ -176,14 +177,15 @@ def main(argv=None):
     accuracy[(model, optimizer)] = json.loads((workdir / "results.json").read_text())["test_accuracy"]
     print(f"{model} {optimizer}: fitted PSNR (dB) " + ", ".join(
         f"{stage} {psnr:.2f}" for stage, (_, psnr) in results[(model, optimizer)].items()), flush=True)
-  count, floor = min(gamma_sweep.NUM_RECONSTRUCTED, len(images)), zero_reconstruction_psnr(config, images)
+  count, floor = min(stage_reconstruction.NUM_RECONSTRUCTED, len(images)), zero_reconstruction_psnr(config, images)
   explained = {f"{m}\n{o}\nacc {100 * accuracy[(m, o)]:.1f}%": r for (m, o), r in results.items()}
   write_figure(out, images[:SHOWN] / 255.0, explained,
                f"CIFAR-10 test images reconstructed from each stage (seed {args.seed}; the first {SHOWN} test images)",
                f"c·x̂: x̂ = J(x)ᵀ f(x) from the stage, c the least-squares scale per image, clipped to [0, 1]. "
                f"dB: fitted-scale PSNR, mean over the first {count:,} test images; x̂ = 0 scores {floor:.2f} dB.\n"
                "features: the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens).")
-  notes = [f"Fitted-scale PSNR (dB) of c·x̂, x̂ = J(x)ᵀ f(x) from each stage (`gamma_sweep.reconstruction_metrics`), "
+  notes = [f"Fitted-scale PSNR (dB) of c·x̂, x̂ = J(x)ᵀ f(x) from each stage "
+           "(`stage_reconstruction.reconstruction_metrics`), "
            f"mean over the first {count:,} test images; c = 0 (x̂ = 0) scores {floor:.2f} dB on them, the floor. "
            "`features` is the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens after the "
            "last block), whose PSNR is the table's PSNR column.",

@@ -8,7 +8,7 @@
 (`python -m benchmarks.mnist_table` and `python -m benchmarks.cifar_table` are the same script.) Per run: final
 test accuracy, orthogonality gap (RMS of the off-diagonal of the Gram of each constrained kernel, normalised
 by its mean diagonal, averaged over layers; `bort_jax.orthogonality_gap`), reconstruction PSNR of 1,000 test
-images from the last feature stage (fitted scale, `benchmarks.gamma_sweep.reconstruction_metrics`), training
+images from the last feature stage (fitted scale, `benchmarks.stage_reconstruction.reconstruction_metrics`), training
 seconds (sum of the trainer's per-epoch times, so interruptions do not count) and the time of one jitted train
 step of the recipe, measured after training in the same process; Bort recipes also time their baseline's step
 on the same batch, interleaved, which gives Bort's per-step overhead under the same load.
@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks import gamma_sweep
+from benchmarks import stage_reconstruction
 import bort_jax
 from examples import data as data_lib
 from examples import metrics_io
@@ -130,7 +130,7 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   train_records, test_records = train.load_splits(config, str(args.data_dir))
   train_images, train_labels = data_lib.as_arrays(train_records)
   test_images, _ = data_lib.as_arrays(test_records)
-  psnr = gamma_sweep.reconstruction_metrics(config, state, test_images)
+  psnr = stage_reconstruction.reconstruction_metrics(config, state, test_images)
   batch = {"image": train_images[:config.batch_size], "label": train_labels[:config.batch_size]}
   baseline = baseline_recipe(optimizer)
   timed = [config] + ([make_config(dataset, model, baseline, epochs, args)] if baseline else [])
@@ -216,7 +216,8 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
   if extra:
     lines += ["- PSNR: reconstruction x̂ = J(x)ᵀ f(x) of 1,000 test images from the last feature stage (MLP / "
               "LeNet-5: the last hidden ReLU; ResNet: the last stage's map; ViT: the final LayerNorm's tokens), "
-              "with the least-squares scale per image, in [0, 1] pixel space (`gamma_sweep.reconstruction_metrics`)."
+              "with the least-squares scale per image, in [0, 1] pixel space "
+              "(`stage_reconstruction.reconstruction_metrics`)."
               " Folding BatchNorm into the convolutions (`bort_jax.explain.canonize`) leaves J(x) unchanged, so it is"
               " not needed here.",
               "- Train hours: the trainer's per-epoch seconds (training + evaluation) summed over the row's seeds. "

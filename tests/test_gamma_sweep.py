@@ -11,6 +11,7 @@ import pytest
 from benchmarks import gamma_sweep as gs
 from benchmarks import gamma_sweep_report as report
 from benchmarks import jsonl_records
+from benchmarks import stage_reconstruction
 from examples import data as data_lib
 from examples import train
 from examples.configs import mnist_mlp
@@ -200,6 +201,6 @@ def test_reconstruction_psnr_of_every_feature_stage_of_cifar_models(model, kwarg
   config.model_kwargs = kwargs
   state, _ = train.create_train_state(train.create_model(config, 10), optax.sgd(0.1))
   images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-  metrics = gs.reconstruction_metrics(config, state, images)
+  metrics = stage_reconstruction.reconstruction_metrics(config, state, images)
   assert list(metrics) == stages
   assert all(np.isfinite(m["psnr_fitted"]) and m["psnr_fitted"] > 0 for m in metrics.values())
