@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from collections.abc import Sequence
 import functools
 import pathlib
+import re
 import time
 from typing import Any
 from typing import NamedTuple
@@ -45,7 +46,7 @@ class ModelFns(NamedTuple):
   apply_fn: Callable                                     # (params, x) -> logits on raw images in [0, 1]
   features_fns: Mapping[str, Callable] = {}              # depth name -> (params, x) -> features, forward order
   head_fn: Callable | None = None                        # (params, last features) -> logits
-  kernels_fn: Callable | None = None                     # params -> {layer name: kernel} up to the last depth
+  kernels_fn: Callable | None = None                     # params -> {layer name: Conv/Linear kernel} to the last depth
   explain_fn: Callable | None = None                     # (params, x, target) -> model-native attribution
 
 
@@ -57,6 +58,12 @@ ADVERSARIAL_STEPS = 20
 ADVERSARIAL_EPSILON = 3.0
 
 _CHUNK = 100
+
+
+def _conv_or_dense_views(kernels: Mapping[str, jax.Array]) -> list:
+  """Exact views of `kernels_fn`'s Conv / Linear kernels (their names alone would leave ConvLocal possible)."""
+  return [(re.escape(name) + "/kernel", bort_jax.KernelView(in_axes=tuple(range(k.ndim - 1)), out_axes=(k.ndim - 1,)))
+          for name, k in kernels.items()]
 _gradient = jax.jit(attributions.gradient, static_argnums=0)
 _input_x_gradient = jax.jit(attributions.input_x_gradient, static_argnums=0)
 _ig = jax.jit(attributions.integrated_gradients, static_argnums=0, static_argnames=("steps", "method"))
@@ -173,7 +180,8 @@ def evaluate(fns: ModelFns, params, x_test, y_test, x_train, y_train, *, num_gri
   out["accuracy"] = float((logits.argmax(-1) == y_test).mean())
   if fns.kernels_fn is not None:
     kernels = fns.kernels_fn(params)
-    gaps = bort_jax.orthogonality_gap({name: {"kernel": k} for name, k in kernels.items()})
+    gaps = bort_jax.orthogonality_gap({name: {"kernel": k} for name, k in kernels.items()},
+                                      views=_conv_or_dense_views(kernels))
     out["orthogonality_offdiag"] = float(np.mean([float(g.offdiag) for g in gaps.values()]))
     scales = reconstruction.depth_scales(list(kernels.values()))
     depths = list(fns.features_fns)

@@ -7,6 +7,13 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
+# Compiling dominates this suite on CPU. XLA's CPU code generation at optimisation level 0 halves it and runs the
+# same HLO (partitioning, collectives and float32 semantics do not depend on it); subprocesses inherit it.
+# BORT_TEST_XLA_OPTIMIZE=1 tests the optimised code instead.
+if os.environ.get("BORT_TEST_XLA_OPTIMIZE") != "1":
+  os.environ["XLA_FLAGS"] = " ".join(filter(None, (
+      os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")))
+
 
 def find_data_dir():
   for candidate in (os.environ.get("BORT_DATA_DIR"), REPO.parent / "shared" / "data"):

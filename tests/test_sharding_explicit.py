@@ -19,9 +19,7 @@ REPO = SCRIPT.parents[1]
 def script_output():
   # The script's own folder comes first on its path: name this checkout, not whichever bort_jax is installed.
   path = os.pathsep.join(filter(None, (str(REPO), os.environ.get("PYTHONPATH"))))
-  # XLA's CPU code generation unoptimised: the partitioning (collectives, specs) is the same, compiling is 2x faster.
-  flags = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 " \
-          "--xla_llvm_disable_expensive_passes=true"
+  flags = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), "--xla_force_host_platform_device_count=8")))
   env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", PYTHONPATH=path)
   result = subprocess.run([sys.executable, "-W", "ignore", str(SCRIPT)], env=env, capture_output=True,
                           text=True, timeout=900)
