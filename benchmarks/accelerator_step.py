@@ -55,7 +55,7 @@ TINY = dict(batch=4, image=32, classes=10, repeats=2,
                     "vit_b16": dict(image_size=32, patch_size=8, dim=32, depth=1, num_heads=2)})
 
 
-def optimizers():
+def optimizers(views=None):
   """The four optimizers, baselines first; each Bort row differs from its baseline by the correction only."""
   sgd_args = dict(momentum=SGD["momentum"], weight_decay=SGD["weight_decay"])
   adam_args = {k: ADAMW[k] for k in ("b1", "b2", "eps", "weight_decay")}
@@ -63,9 +63,9 @@ def optimizers():
       # bort_sgd's decay is coupled (added to the gradient before momentum), as in this chain.
       "optax.sgd": optax.chain(optax.add_decayed_weights(SGD["weight_decay"]),
                                optax.sgd(SGD["learning_rate"], momentum=SGD["momentum"])),
-      "bort_sgd": bort_jax.bort_sgd(SGD["learning_rate"], GAMMA, alpha=ALPHA, **sgd_args),
+      "bort_sgd": bort_jax.bort_sgd(SGD["learning_rate"], GAMMA, alpha=ALPHA, views=views, **sgd_args),
       "optax.adamw": optax.adamw(ADAMW["learning_rate"], **adam_args),
-      "bort_adamw": bort_jax.bort_adamw(ADAMW["learning_rate"], GAMMA, alpha=ALPHA, **adam_args),
+      "bort_adamw": bort_jax.bort_adamw(ADAMW["learning_rate"], GAMMA, alpha=ALPHA, views=views, **adam_args),
   }
 
 
@@ -78,11 +78,13 @@ def supported_precisions():
 
 
 def build_model(name, setup):
-  """(graph, params, model_state) of model `name` in training mode, bf16 compute and f32 params."""
+  """(graph, params, model_state, views) of model `name` in training mode, bf16 compute and f32 params; `views`
+  are the exact `views=` rules read from its layer types."""
   model = models_lib.create_model(name, num_classes=setup["classes"], rngs=nnx.Rngs(0), dtype=jnp.bfloat16,
                                   **setup["models"][name])
+  views = bort_jax.nnx_views(model)
   graph, params, model_state = nnx.split(model, nnx.Param, ...)
-  return graph, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state)
+  return graph, nnx.to_pure_dict(params), nnx.to_pure_dict(model_state), views
 
 
 def synthetic_batch(setup):
@@ -137,10 +139,10 @@ def fresh_copy(tree):
   return jax.tree.map(jnp.copy, tree)
 
 
-def train_rows(graph, params, model_state, images, labels, fwd_bwd_flops, correction_flops):
+def train_rows(graph, params, model_state, images, labels, fwd_bwd_flops, correction_flops, views=None):
   """Rows (dict: name, baseline, flops, compile_s, sample) of the four train steps."""
   rows = []
-  for name, tx in optimizers().items():
+  for name, tx in optimizers(views).items():
     carry = fresh_copy((params, model_state, tx.init(params)))
     step, seconds = compiled(train_step_fn(graph, tx), carry, images, labels)
     print(f"  compiled train {name} in {seconds:.1f} s", flush=True)
@@ -151,11 +153,12 @@ def train_rows(graph, params, model_state, images, labels, fwd_bwd_flops, correc
   return rows
 
 
-def correction_rows(params, grads, correction_flops):
+def correction_rows(params, grads, correction_flops, views=None):
   """Rows of add_bort_correction(GAMMA).update alone, carrying the corrected gradient, per precision."""
   rows, baseline = [], None
   for precision in supported_precisions():
-    tx = bort_jax.add_bort_correction(GAMMA, ALPHA, **({} if precision is None else {"precision": precision}))
+    tx = bort_jax.add_bort_correction(GAMMA, ALPHA, views=views,
+                                      **({} if precision is None else {"precision": precision}))
     state = tx.init(params)
     step, seconds = compiled(lambda g, p, tx=tx, state=state: tx.update(g, state, p)[0], fresh_copy(grads), params)
     name = f"correction {precision or 'library default'}"
@@ -175,18 +178,16 @@ def torch_cuda_missing():
   return None if torch.cuda.is_available() else f"torch {torch.__version__} sees no CUDA device"
 
 
-def torch_kernels(params, device, scale=1.0):
+def torch_kernels(params, device, scale=1.0, views=None):
   """`scale` × every constrained kernel as a torch tensor in torch layout W = Mᵀ (out, fan_in), on `device`."""
   import torch
 
-  mask = jax.tree.leaves(bort_jax.kernel_mask(params))
+  leaves = jax.tree.leaves(params)
   result = []
-  for (path, leaf), selected in zip(jax.tree_util.tree_leaves_with_path(params), mask):
-    if selected:
-      names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
-      matrices = bort_jax.to_matrix(leaf, bort_jax.default_view(names, leaf.ndim))
-      for m in np.asarray(matrices, np.float32).reshape((-1,) + matrices.shape[-2:]):
-        result.append(torch.from_numpy(np.ascontiguousarray(scale * m.T)).to(device))
+  for index, (_, view) in update_speed.kernel_views(params, views).items():
+    matrices = bort_jax.to_matrix(leaves[index], view)
+    for m in np.asarray(matrices, np.float32).reshape((-1,) + matrices.shape[-2:]):
+      result.append(torch.from_numpy(np.ascontiguousarray(scale * m.T)).to(device))
   return result
 
 
@@ -201,19 +202,19 @@ def torch_correction(grads, weights, precision, gamma=GAMMA, alpha=ALPHA):
   return grads
 
 
-def torch_rows(params, reference_flops, baseline):
+def torch_rows(params, reference_flops, baseline, views=None):
   """Rows of the torch loop per TORCH_PRECISIONS on the GPU, or a note why there are none."""
   missing = torch_cuda_missing()
   if missing:
     return [], f"torch loop skipped: {missing}"
   import torch
 
-  weights = torch_kernels(params, "cuda")
+  weights = torch_kernels(params, "cuda", views=views)
   sync = lambda _: torch.cuda.synchronize()
   rows = []
   for precision in TORCH_PRECISIONS:
     sample = timing.sampler(lambda g, w, p=precision: torch_correction(g, w, p),
-                            torch_kernels(params, "cuda", 1e-3), weights, sync=sync)
+                            torch_kernels(params, "cuda", 1e-3, views), weights, sync=sync)
     sample()  # first CUDA work (cuBLAS handles) here, inside the caller's error handling
     rows.append(dict(name=f"torch loop {precision}", baseline=baseline, flops=reference_flops, compile_s=None,
                      sample=sample))
@@ -228,20 +229,20 @@ def timed(rows, repeats):
 
 def benchmark_model(name, setup, repeats):
   """(rows, facts) for model `name`: train steps, correction per precision, torch loop."""
-  graph, params, model_state = build_model(name, setup)
+  graph, params, model_state, views = build_model(name, setup)
   images, labels = synthetic_batch(setup)
-  views = update_speed.matrix_views(params)
+  matrices = update_speed.matrix_views(params, views)
   fwd_bwd = model_flops(graph, params, model_state, images, labels)
-  correction = update_speed.correction_flops(views, "l2-full")
-  rows = timed(train_rows(graph, params, model_state, images, labels, fwd_bwd, correction), repeats)
+  correction = update_speed.correction_flops(matrices, "l2-full")
+  rows = timed(train_rows(graph, params, model_state, images, labels, fwd_bwd, correction, views), repeats)
   grads = jax.tree.map(lambda p: 1e-3 * p, params)
-  alone = correction_rows(params, grads, correction)
+  alone = correction_rows(params, grads, correction, views)
   try:
-    extra, torch_note = torch_rows(params, update_speed.reference_flops(views), alone[0]["name"])
+    extra, torch_note = torch_rows(params, update_speed.reference_flops(matrices), alone[0]["name"], views)
   except (ImportError, RuntimeError, OSError) as error:  # a torch/CUDA clash must not cost a scarce GPU run
     extra, torch_note = [], f"torch loop failed ({type(error).__name__}: {error})"
   rows += timed(alone + extra, repeats)
-  facts = dict(params=sum(x.size for x in jax.tree.leaves(params)), kernels=len(views), fwd_bwd=fwd_bwd,
+  facts = dict(params=sum(x.size for x in jax.tree.leaves(params)), kernels=len(matrices), fwd_bwd=fwd_bwd,
                correction=correction, torch=torch_note)
   return rows, facts
 

@@ -23,7 +23,6 @@ import math
 import os
 import re
 import sys
-import warnings
 
 DEVICES = 8
 XLA_FLAG = f"--xla_force_host_platform_device_count={DEVICES}"
@@ -111,10 +110,11 @@ from bort_jax._src import kernel_matrix as km  # noqa: E402
 from bort_jax._src import plan as plan_lib  # noqa: E402
 from bort_jax._src import views as views_lib  # noqa: E402
 
+# name: optimizer given the tree's `views=` rules
 OPTIMIZERS = {
-    "optax.sgd": lambda: optax.sgd(0.1),
-    "bort_sgd l2-full": lambda: bj.bort_sgd(0.1, 1e-3),  # α = 1: no adaptive-α reductions
-    "bort_sgd l1-fullrow": lambda: bj.bort_sgd(0.1, 1e-3, mode="l1-fullrow"),
+    "optax.sgd": lambda views: optax.sgd(0.1),
+    "bort_sgd l2-full": lambda views: bj.bort_sgd(0.1, 1e-3, views=views),  # α = 1: no adaptive-α reductions
+    "bort_sgd l1-fullrow": lambda views: bj.bort_sgd(0.1, 1e-3, mode="l1-fullrow", views=views),
 }
 MODES = {"bort_sgd l2-full": "l2-full", "bort_sgd l1-fullrow": "l1-fullrow"}
 
@@ -125,6 +125,9 @@ def tiny_shapes():
   leaf = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
   return {"fc1": {"kernel": leaf(64, 32), "bias": leaf(32)}, "fc2": {"kernel": leaf(32, 32), "bias": leaf(32)},
           "conv": {"kernel": leaf(3, 3, 16, 32), "bias": leaf(32)}}
+
+
+TINY_VIEWS = [("conv/kernel", shapes_lib.CONV_VIEW)]
 
 
 def _fsdp_axis(shape, view, size=DEVICES):
@@ -151,12 +154,12 @@ def make_mesh(strategy):
   return jax.make_mesh(shape, ("x", "y")[:len(shape)], axis_types=(AxisType.Explicit,) * len(shape))
 
 
-def partition_specs(params, strategy):
+def partition_specs(params, strategy, views):
   """Spec tree sharding each kernel as ``strategy`` picks, and the paths of kernels left replicated."""
   mesh_shape, pickers = STRATEGIES[strategy]
   leaves, treedef = jax.tree_util.tree_flatten(params)
   specs, replicated = [P()] * len(leaves), []
-  for item in plan_lib.plan_kernels(params)[0]:
+  for item in plan_lib.plan_kernels(params, views=views)[0]:
     shape = leaves[item.index].shape
     picked = {pick(shape, item.view, size): name for pick, size, name in zip(pickers, mesh_shape, "xy")}
     picked.pop(None, None)
@@ -177,13 +180,13 @@ def _shards(k, axes, mesh):
   return math.prod(mesh.shape[k.spec[a]] for a in axes if k.spec[a] is not None)
 
 
-def formed_bytes(params, mode, mesh):
+def formed_bytes(params, mode, mesh, views):
   """Gram bytes, and the per-device collectives they predict: a Gram contracting over sharded axes is
   all-reduced (each device its rows: the Gram over the shards of its units); a kernel whose Gram units are
   sharded is all-gathered over them once (the kernel over the shards of its other axes). ``params`` sharded."""
   leaves = jax.tree_util.tree_leaves(params)
   totals = dict(gram=0, predicted_all_reduce=0, predicted_all_gather=0)
-  for item in plan_lib.plan_kernels(params)[0]:
+  for item in plan_lib.plan_kernels(params, views=views)[0]:
     k = views_lib.to_kernel_matrix(leaves[item.index], item.view)
     side = gram_side(mode, k)
     batch = math.prod(k.x.shape[a] for a in k.batch_axes)
@@ -201,26 +204,26 @@ def _compiled(tx, params):
   return jax.jit(lambda p, g: tx.update(g, tx.init(p), p)).lower(params, params).compile()
 
 
-def single_device_flops(params):
+def single_device_flops(params, views):
   """FLOPs of each optimizer's update compiled for one device."""
-  return {name: _compiled(make(), params).cost_analysis()["flops"] for name, make in OPTIMIZERS.items()}
+  return {name: _compiled(make(views), params).cost_analysis()["flops"] for name, make in OPTIMIZERS.items()}
 
 
-def measure(params, strategy, single_flops):
+def measure(params, strategy, single_flops, views):
   """One row per optimizer: collective bytes by kind and FLOPs per device, plus formed bytes for the Bort rows."""
   mesh = make_mesh(strategy)
-  specs, replicated = partition_specs(params, strategy)
+  specs, replicated = partition_specs(params, strategy, views)
   leaves = jax.tree_util.tree_leaves(params)
-  kernel = sum(leaves[item.index].nbytes for item in plan_lib.plan_kernels(params)[0])
+  kernel = sum(leaves[item.index].nbytes for item in plan_lib.plan_kernels(params, views=views)[0])
   rows = {}
   with jax.set_mesh(mesh):
     sharded = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
     for name, make in OPTIMIZERS.items():
-      compiled = _compiled(make(), sharded)
+      compiled = _compiled(make(views), sharded)
       flops = compiled.cost_analysis()["flops"]
       rows[name] = dict(collective_bytes(compiled.as_text()), kernel=kernel, flops=flops,
                         flops_share=flops / single_flops[name])
-      rows[name].update(formed_bytes(sharded, MODES[name], mesh) if name in MODES else {})
+      rows[name].update(formed_bytes(sharded, MODES[name], mesh, views) if name in MODES else {})
   return {"mesh": dict(mesh.shape), "replicated_kernels": replicated, "rows": rows}
 
 
@@ -297,15 +300,14 @@ def main():
   parser.add_argument("--tiny", action="store_true", help="a two-layer MLP and a small conv instead")
   args = parser.parse_args()
   assert jax.device_count() == DEVICES, jax.devices()
-  # ViT's patch_embed view is guessed as (kh·kw·in, out): the conv view, which is what we want here.
-  warnings.filterwarnings("ignore", category=bj.ViewGuessWarning)
-  models = {"tiny": tiny_shapes} if args.tiny else {name: lambda n=name: shapes_lib.shape_set(n)
-                                                      for name in ("resnet50", "vit_b16")}
+  # model: (shape tree, its views= rules)
+  models = {"tiny": (tiny_shapes(), TINY_VIEWS)} if args.tiny else {
+      name: (shapes_lib.shape_set(name), shapes_lib.shape_views(name)) for name in ("resnet50", "vit_b16")}
   results = {}
-  for model, make_shapes in models.items():
-    params = shapes_lib.init_params(make_shapes(), jax.random.PRNGKey(0))
-    single_flops = single_device_flops(params)
-    results[model] = {strategy: measure(params, strategy, single_flops) for strategy in STRATEGIES}
+  for model, (shapes, views) in models.items():
+    params = shapes_lib.init_params(shapes, jax.random.PRNGKey(0))
+    single_flops = single_device_flops(params, views)
+    results[model] = {strategy: measure(params, strategy, single_flops, views) for strategy in STRATEGIES}
     print(f"measured {model}", file=sys.stderr, flush=True)
   text = report(results, "python -m benchmarks.collective_bytes " + " ".join(sys.argv[1:]))
   if args.json:

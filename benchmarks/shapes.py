@@ -6,7 +6,8 @@ are `LinearGeneral` kernels like `flax.nnx.MultiHeadAttention`: query/key/value
 (embed, heads, head_dim) and out (heads, head_dim, embed). Leaves are
 `jax.ShapeDtypeStruct`, so a shape set costs no memory until `init_params`.
 Path names end in ".../kernel" for weight matrices and ".../scale" / ".../bias"
-for the 1-D norm and bias vectors that Bort must leave untouched.
+for the 1-D norm and bias vectors that Bort must leave untouched. `shape_views` gives the `views=` rules of
+each tree: the layer kinds are known here, so no matrix view is a guess.
 
 References: He et al., "Deep Residual Learning for Image Recognition", CVPR 2016;
 Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021.
@@ -17,8 +18,15 @@ import math
 import jax
 import jax.numpy as jnp
 
+import bort_jax
+
 # (blocks per stage, bottleneck?) for the torchvision / Flax-examples ResNets.
 _RESNET_STAGES = {18: ((2, 2, 2, 2), False), 50: ((3, 4, 6, 3), True)}
+
+# Matrix views of the layer kinds in these trees (dense kernels are 2-D, which needs no rule).
+CONV_VIEW = bort_jax.KernelView(in_axes=(0, 1, 2), out_axes=(3,))  # nn.Conv (kh, kw, in, out)
+QKV_VIEW = bort_jax.KernelView(in_axes=(0,), out_axes=(1, 2))  # LinearGeneral (embed, heads, head_dim)
+ATTENTION_OUT_VIEW = bort_jax.KernelView(in_axes=(0, 1), out_axes=(2,))  # LinearGeneral (heads, head_dim, embed)
 
 
 def _leaf(*shape):
@@ -94,6 +102,17 @@ def vit_shapes(patch=16, embed=768, depth=12, heads=12, mlp=3072, image=224, num
   }
 
 
+def resnet_views():
+  """`views=` rules of `resnet_shapes` trees: every conv is an nn.Conv."""
+  return [(r"(.*/)?conv\d*/kernel", CONV_VIEW)]
+
+
+def vit_views():
+  """`views=` rules of `vit_shapes` trees: a conv patch embedding and LinearGeneral attention projections."""
+  return [("patch_embed/kernel", CONV_VIEW), (r".*/attention/(query|key|value)/kernel", QKV_VIEW),
+          (r".*/attention/out/kernel", ATTENTION_OUT_VIEW)]
+
+
 SHAPE_SETS = {
     "resnet18": lambda: resnet_shapes(18),
     "resnet50": lambda: resnet_shapes(50),
@@ -106,6 +125,16 @@ def shape_set(name):
   if name not in SHAPE_SETS:
     raise ValueError(f"name must be one of {sorted(SHAPE_SETS)}, got {name!r}")
   return SHAPE_SETS[name]()
+
+
+VIEWS = {"resnet18": resnet_views, "resnet50": resnet_views, "vit_b16": vit_views}
+
+
+def shape_views(name):
+  """The `views=` rules of the shape tree registered under `name` (one of `SHAPE_SETS`)."""
+  if name not in VIEWS:
+    raise ValueError(f"name must be one of {sorted(VIEWS)}, got {name!r}")
+  return VIEWS[name]()
 
 
 def param_count(shapes):

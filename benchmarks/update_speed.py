@@ -42,6 +42,7 @@ import optax
 from benchmarks import shapes as shapes_lib
 from benchmarks import timing
 import bort_jax
+from bort_jax._src import plan as plan_lib
 
 MODES = ("l2-full", "l1-fullrow", "l1-full")
 HYPER = dict(learning_rate=0.1, gamma=1e-4, momentum=0.9, weight_decay=1e-4)
@@ -57,16 +58,18 @@ class MatrixView:
   out: int
 
 
-def matrix_views(params):
-  """The kernels `bort_jax.kernel_mask` selects, with the core's default (Flax) matrix views."""
-  mask = jax.tree.leaves(bort_jax.kernel_mask(params))
+def kernel_views(params, views=None):
+  """`{leaf index: (path, KernelView)}` of the kernels Bort constrains, resolved as the transforms do."""
+  return {item.index: (item.path, item.view) for item in plan_lib.plan_kernels(params, views=views)[0]}
+
+
+def matrix_views(params, views=None):
+  """The kernels `bort_jax.kernel_mask` selects, with the matrix views the transforms give them under `views`."""
+  leaves = jax.tree.leaves(params)
   result = []
-  for (path, leaf), selected in zip(jax.tree_util.tree_leaves_with_path(params), mask):
-    if not selected:
-      continue
-    names = tuple(str(getattr(k, "key", k)) for k in path)
-    *batch, fan_in, out = bort_jax.default_view(names, len(leaf.shape)).matrix_shape(leaf.shape)
-    result.append(MatrixView("/".join(names), math.prod(batch), fan_in, out))
+  for index, (path, view) in kernel_views(params, views).items():
+    *batch, fan_in, out = view.matrix_shape(leaves[index].shape)
+    result.append(MatrixView(path, math.prod(batch), fan_in, out))
   return result
 
 
@@ -114,10 +117,10 @@ def gemm_sampler(flops, dtype):
   return timing.sampler(step, jnp.copy(a), a)
 
 
-def bort_tx(mode, alpha, every_k=1, hyper=HYPER):
+def bort_tx(mode, alpha, every_k=1, hyper=HYPER, views=None):
   """`bort_jax.bort_sgd` with the benchmark's hyper-parameters."""
   return bort_jax.bort_sgd(hyper["learning_rate"], hyper["gamma"], momentum=hyper["momentum"],
-                           weight_decay=hyper["weight_decay"], alpha=alpha, mode=mode, every_k=every_k)
+                           weight_decay=hyper["weight_decay"], alpha=alpha, mode=mode, every_k=every_k, views=views)
 
 
 def sgd_tx():
@@ -130,21 +133,19 @@ def torch_available():
   return importlib.util.find_spec("torch") is not None
 
 
-def torch_tensors(params):
+def torch_tensors(params, views=None):
   """The params as torch tensors: constrained kernels as (out, fan_in) matrices W = Mᵀ, the rest flat."""
   import torch  # optional dependency, only for the reference row
 
-  mask = jax.tree.leaves(bort_jax.kernel_mask(params))
+  kernels = kernel_views(params, views)
   tensors, is_kernel = [], []
-  for (path, leaf), selected in zip(jax.tree_util.tree_leaves_with_path(params), mask):
+  for index, leaf in enumerate(jax.tree.leaves(params)):
     x = np.asarray(leaf, np.float32)
-    if not selected:
+    if index not in kernels:
       tensors.append(torch.from_numpy(x.reshape(-1).copy()))
       is_kernel.append(False)
       continue
-    names = tuple(str(getattr(k, "key", k)) for k in path)
-    view = bort_jax.default_view(names, x.ndim)
-    matrices = np.asarray(bort_jax.to_matrix(jnp.asarray(x), view))
+    matrices = np.asarray(bort_jax.to_matrix(jnp.asarray(x), kernels[index][1]))
     for m in matrices.reshape((-1,) + matrices.shape[-2:]):
       tensors.append(torch.from_numpy(np.ascontiguousarray(m.T)))
       is_kernel.append(True)
@@ -175,12 +176,12 @@ def torch_reference_step(params, grads, buffers, is_kernel, mode, alpha, hyper=H
   return params
 
 
-def torch_samplers(params, grads, modes, alpha):
+def torch_samplers(params, grads, modes, alpha, views=None):
   """Samplers of reference-style steps for each of `modes`, sharing one set of torch tensors."""
   import torch
 
-  tensors, is_kernel = torch_tensors(params)
-  torch_grads, _ = torch_tensors(grads)
+  tensors, is_kernel = torch_tensors(params, views)
+  torch_grads, _ = torch_tensors(grads, views)
   buffers = [torch.zeros_like(t) for t in tensors]
   no_sync = lambda carry: None  # eager CPU torch has finished when the call returns
   step = lambda carry, mode: torch_reference_step(carry, torch_grads, buffers, is_kernel, mode, alpha)
@@ -188,7 +189,7 @@ def torch_samplers(params, grads, modes, alpha):
 
 
 def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, warmup=2,
-                   dtype=jnp.float32, with_torch=None):
+                   dtype=jnp.float32, with_torch=None, views=None):
   """Times every row on `shape_tree`, samples interleaved; returns dicts (name, detail, flops, seconds, cpu_seconds).
 
   Args:
@@ -199,29 +200,31 @@ def benchmark_tree(shape_tree, modes=MODES, alpha=1.0, every_k=(), repeats=5, wa
     repeats, warmup: timed and untimed samples per row.
     dtype: parameter dtype (the core accumulates in f32 for bf16).
     with_torch: time the reference-style torch loop; default: when torch is importable.
+    views: `views=` rules of `shape_tree` (`shapes.shape_views`), for the transforms and the FLOP model alike.
   """
   if with_torch is None:
     with_torch = torch_available()
   params = shapes_lib.init_params(shape_tree, jax.random.key(0), dtype)
   grads = jax.tree.map(lambda p: 1e-3 * p, params)
-  views = matrix_views(params)
+  matrices = matrix_views(params, views)
   rows = [dict(name="optax.sgd", detail="+ weight decay, momentum", flops=0,
                sample=optimizer_sampler(sgd_tx(), params, grads))]
   for mode in modes:
-    flops = correction_flops(views, mode)
+    flops = correction_flops(matrices, mode)
     rows.append(dict(name=f"bort_sgd {mode}", detail="", flops=flops,
-                     sample=optimizer_sampler(bort_tx(mode, alpha), params, grads)))
+                     sample=optimizer_sampler(bort_tx(mode, alpha, views=views), params, grads)))
     rows.append(dict(name=f"GEMM {mode}", detail=f"one {gemm_size(flops)}² matmul", flops=flops,
                      sample=gemm_sampler(flops, dtype)))
   for k in every_k:
+    tx = bort_tx("l2-full", alpha, k, views=views)
     rows.append(dict(name=f"bort_sgd l2-full every_k={k}", detail=f"mean over {k} steps", flops=0,
-                     sample=optimizer_sampler(bort_tx("l2-full", alpha, k), params, grads, steps=k)))
+                     sample=optimizer_sampler(tx, params, grads, steps=k)))
   torch_modes = [m for m in modes if m in ("l2-full", "l1-fullrow")] if with_torch else []
   if torch_modes:
     reference_alpha = "ada" if alpha in ("adaptive", "ada") else alpha
-    for mode, sample in zip(torch_modes, torch_samplers(params, grads, torch_modes, reference_alpha)):
+    for mode, sample in zip(torch_modes, torch_samplers(params, grads, torch_modes, reference_alpha, views)):
       rows.append(dict(name=f"torch reference {mode}", detail=f"alpha={reference_alpha}",
-                       flops=reference_flops(views), sample=sample))
+                       flops=reference_flops(matrices), sample=sample))
   medians = timing.interleaved_medians([row.pop("sample") for row in rows], repeats, warmup)
   return [dict(row, seconds=wall, cpu_seconds=cpu) for row, (wall, cpu) in zip(rows, medians)]
 
@@ -301,7 +304,8 @@ def main(argv=None):
         f"after {args.warmup} warm-up, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}\n")
   for name in args.models:
     rows = benchmark_tree(shapes_lib.shape_set(name), args.modes, alpha, args.every_k, args.repeats, args.warmup,
-                          jnp.dtype(args.dtype), with_torch=False if args.no_torch else None)
+                          jnp.dtype(args.dtype), with_torch=False if args.no_torch else None,
+                          views=shapes_lib.shape_views(name))
     print(format_table(name, rows), flush=True)
     if args.single_thread:
       timing.check_single_threaded(rows)

@@ -58,6 +58,7 @@ def test_tiny_run_all_reduces_exactly_the_grams(tmp_path):
   result = subprocess.run([sys.executable, "-m", "benchmarks.collective_bytes", "--tiny", "--out", str(out),
                            "--json", str(raw)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert "ViewGuessWarning" not in result.stderr  # every view is declared
   results = json.loads(raw.read_text())["tiny"]
   fsdp = results["FSDP"]["rows"]["bort_sgd l2-full"]
   # α = 1: no adaptive-α reductions, so the all-reduced bytes are the Grams' exactly.

@@ -16,6 +16,8 @@ from benchmarks import accelerator_step  # noqa: E402
 from benchmarks import timing  # noqa: E402
 from benchmarks import update_speed  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("error::bort_jax.ViewGuessWarning")  # the benchmarks declare every view
+
 # Pinned before jax's backend starts, as `update_speed --single-thread` does; a 4 GFLOP matmul is large enough
 # for XLA to split it over threads when it may.
 PINNED_RUN = """
