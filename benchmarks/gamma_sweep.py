@@ -199,6 +199,15 @@ class Sweep:
     return MODELS[self.cli_model][1].get_config().augment
 
   @property
+  def after_selection(self) -> str:
+    """What happens to the selected settings: the final stage here, the CIFAR-10 table for the CIFAR models."""
+    if self.cli_model in CIFAR_MODELS:
+      return ("the selected settings are trained on the whole training split and tested by `benchmarks/cifar_table.py` "
+              "(no final stage here)")
+    return (f"the selected settings are retrained on the whole training split with seeds {list(self.seeds)} and "
+            "scored on the test split")
+
+  @property
   def note(self) -> str:
     if self.cli_model not in CIFAR_MODELS:
       return ""
