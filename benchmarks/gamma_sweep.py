@@ -97,9 +97,9 @@ GAMMAS = {"sgd": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
 CIFAR_GAMMAS = {"resnet20": {"sgd": (3e-3, 1e-2, 3e-2, 1e-1), "adamw": (1.5, 5.0, 15.0, 50.0)},
                 "vit_tiny": {"sgd": (3e-3, 1e-2, 3e-2, 1e-1), "adamw": (5.0, 15.0, 50.0, 150.0)}}
 CIFAR_FAMILIES = {"resnet20": ("sgd",), "vit_tiny": ("adamw",)}
-# Added after the ResNet-20 baseline and γ = 3e-3 runs, before any other: the fitted PSNR from ResNet-20's last
-# stage was 12.875 dB for both, 0.007 dB above a zero image's (x̂ is uncorrelated with x), so it cannot rank γ;
-# the orthogonality gap breaks such ties (benchmarks/results/cifar10_plan.md, "Amendment").
+# Added after the ResNet-20 baseline and γ = 3e-3 runs, before any other: ResNet-20's last-stage fitted PSNR sat at
+# a zero image's for both, so it cannot rank γ; the orthogonality gap breaks such ties (the numbers:
+# benchmarks/results/cifar10_plan.md, "Amendment").
 CIFAR_PSNR_RESOLUTION = 0.1
 ALPHAS = ("1", "adaptive")
 MODES = ("l2-full", "l1-full")
@@ -236,13 +236,21 @@ class Sweep:
     return [self.setting("baselines", f, lr, wd) for f in self.families
             for lr in self.grid[f]["learning_rate"] for wd in self.grid[f]["weight_decay"]]
 
+  def bort_grid(self, family: str) -> list[tuple[float, str, str]]:
+    """(γ, α, mode) of every Bort setting of `family`, run at its baseline's learning rate and weight decay."""
+    return [(g, a, m) for m in self.modes for a in self.alphas for g in self.gammas[family]]
+
+  @property
+  def planned_runs(self) -> int:
+    """Validation runs of the baselines and bort stages."""
+    return len(self.baseline_settings()) + sum(len(self.bort_grid(f)) for f in self.families)
+
   def bort_settings(self, records: Sequence[dict]) -> list[Setting]:
     settings = []
     for family in self.families:
       baseline = self._complete_baseline(records, family)
       settings += [self.setting("bort", f"bort_{family}", baseline["learning_rate"], baseline["weight_decay"],
-                                gamma=g, alpha=a, mode=m)
-                   for m in self.modes for a in self.alphas for g in self.gammas[family]]
+                                gamma=g, alpha=a, mode=m) for g, a, m in self.bort_grid(family)]
     return settings
 
   def _complete_baseline(self, records, family):

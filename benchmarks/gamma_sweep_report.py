@@ -62,6 +62,8 @@ def select(records: Sequence[dict], family: str, psnr_metric: str, tolerance: fl
   binomial standard error of the baseline's validation accuracy). PSNRs within `psnr_resolution` dB of that
   highest one tie, and a tie goes to the smallest orthogonality gap (the PSNR cannot tell them apart).
   """
+  if psnr_resolution < 0:
+    raise ValueError(f"psnr_resolution must be >= 0 dB (0: no ties), got {psnr_resolution}.")
   baselines = [r for r in records if r["stage"] == "baselines" and r["optimizer"] == family]
   baseline = _best(baselines, "accuracy")
   if baseline is None:
@@ -160,8 +162,7 @@ def write_report(sweep: "Sweep"):
   md = out / f"{sweep.name}.md"
   metric, metric_name = sweep.psnr_metric, "raw" if sweep.psnr_metric == "psnr" else "fitted-scale"
   val_count = next((r["val_count"] for r in records if "val_count" in r), None)
-  planned = len(sweep.baseline_settings()) + sum(len(sweep.modes) * len(sweep.alphas) * len(sweep.gammas[f])
-                                                 for f in sweep.families)
+  planned = sweep.planned_runs
   finished = sum(r["stage"] in ("baselines", "bort") for r in records)
   lines = [f"# Choosing γ: {sweep.dataset} / {sweep.model}"
            + (f" (in progress: {finished} of {planned} validation runs finished)" if finished < planned else ""), "",

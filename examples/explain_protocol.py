@@ -58,12 +58,6 @@ ADVERSARIAL_STEPS = 20
 ADVERSARIAL_EPSILON = 3.0
 
 _CHUNK = 100
-
-
-def _conv_or_dense_views(kernels: Mapping[str, jax.Array]) -> list:
-  """Exact views of `kernels_fn`'s Conv / Linear kernels (their names alone would leave ConvLocal possible)."""
-  return [(re.escape(name) + "/kernel", bort_jax.KernelView(in_axes=tuple(range(k.ndim - 1)), out_axes=(k.ndim - 1,)))
-          for name, k in kernels.items()]
 _gradient = jax.jit(attributions.gradient, static_argnums=0)
 _input_x_gradient = jax.jit(attributions.input_x_gradient, static_argnums=0)
 _ig = jax.jit(attributions.integrated_gradients, static_argnums=0, static_argnames=("steps", "method"))
@@ -73,6 +67,12 @@ _curve = jax.jit(metrics.perturbation_curve, static_argnums=0,
                  static_argnames=("mode", "substrate", "pixels_per_step", "steps", "score", "blur_size",
                                   "blur_sigma"))
 _logits = jax.jit(lambda apply_fn, params, x: apply_fn(params, x), static_argnums=0)
+
+
+def _conv_or_dense_views(kernels: Mapping[str, jax.Array]) -> list:
+  """Exact views of `kernels_fn`'s Conv / Linear kernels (their names alone would leave ConvLocal possible)."""
+  return [(re.escape(name) + "/kernel", bort_jax.KernelView(in_axes=tuple(range(k.ndim - 1)), out_axes=(k.ndim - 1,)))
+          for name, k in kernels.items()]
 
 
 def _chunked(fn: Callable, *arrays: np.ndarray):

@@ -74,7 +74,7 @@ def _record(stage, optimizer, lr, wd, val_acc, test_acc, val_psnr=10.0, test_psn
 
 
 def test_psnrs_within_the_resolution_tie_and_the_smallest_gap_wins():
-  """ResNet-20's last-stage PSNR did not tell γ apart (12.875 dB for every run): ties go to the gap."""
+  """ResNet-20's last-stage PSNR did not tell γ apart (cifar10_plan.md, "Amendment"): ties go to the gap."""
   records = [_record("baselines", "sgd", 0.1, 1e-4, val_acc=0.58, test_acc=0.0),
              _record("bort", "bort_sgd", 0.1, 1e-4, 0.60, 0.0, val_psnr=12.8750, gamma=3e-3, gap=0.0024),
              _record("bort", "bort_sgd", 0.1, 1e-4, 0.59, 0.0, val_psnr=12.8745, gamma=3e-2, gap=0.0005),
@@ -82,6 +82,8 @@ def test_psnrs_within_the_resolution_tie_and_the_smallest_gap_wins():
              _record("bort", "bort_sgd", 0.1, 1e-4, 0.50, 0.0, val_psnr=12.88, gamma=1.0, gap=0.0)]  # not held
   assert report.select(records, "sgd", "psnr")["bort_max_psnr"]["gamma"] == 3e-3
   assert report.select(records, "sgd", "psnr", psnr_resolution=0.1)["bort_max_psnr"]["gamma"] == 3e-2
+  with pytest.raises(ValueError, match="psnr_resolution"):
+    report.select(records, "sgd", "psnr", psnr_resolution=-0.1)
   sweep = gs.sweep_from_args(gs.parse_args(["--dataset", "cifar10", "--model", "resnet20"]), "")
   assert sweep.psnr_resolution == gs.CIFAR_PSNR_RESOLUTION
   assert gs.sweep_from_args(gs.parse_args(["--dataset", "mnist", "--model", "mlp"]), "").psnr_resolution == 0.0
