@@ -71,8 +71,9 @@ def restore_final_state(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDic
 
 def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray):
   """{stage: (c·x̂ of the first `SHOWN` images in [0, 1], mean fitted-scale PSNR)} in forward order."""
-  psnr = stage_reconstruction.reconstruction_metrics(config, state, images)
-  params, features_fns, scales_fn, std = stage_reconstruction.feature_reconstruction(config, state)
+  built = stage_reconstruction.feature_reconstruction(config, state)
+  psnr = stage_reconstruction.reconstruction_metrics(config, state, images, built)
+  params, features_fns, scales_fn, std = built
   mean = jnp.asarray(data_lib.normalization(config.dataset).mean, jnp.float32)
 
   @jax.jit

@@ -154,12 +154,13 @@ def make_mesh(strategy):
   return jax.make_mesh(shape, ("x", "y")[:len(shape)], axis_types=(AxisType.Explicit,) * len(shape))
 
 
-def partition_specs(params, strategy, views):
-  """Spec tree sharding each kernel as ``strategy`` picks, and the paths of kernels left replicated."""
+def partition_specs(params, strategy, kernels):
+  """Spec tree sharding each kernel as ``strategy`` picks, and the paths of kernels left replicated.
+  ``kernels``: ``plan_lib.plan_kernels(params, views=...)[0]``."""
   mesh_shape, pickers = STRATEGIES[strategy]
   leaves, treedef = jax.tree_util.tree_flatten(params)
   specs, replicated = [P()] * len(leaves), []
-  for item in plan_lib.plan_kernels(params, views=views)[0]:
+  for item in kernels:
     shape = leaves[item.index].shape
     picked = {pick(shape, item.view, size): name for pick, size, name in zip(pickers, mesh_shape, "xy")}
     picked.pop(None, None)
@@ -180,13 +181,14 @@ def _shards(k, axes, mesh):
   return math.prod(mesh.shape[k.spec[a]] for a in axes if k.spec[a] is not None)
 
 
-def formed_bytes(params, mode, mesh, views):
+def formed_bytes(params, kernels, mode, mesh):
   """Gram bytes, and the per-device collectives they predict: a Gram contracting over sharded axes is
   all-reduced (each device its rows: the Gram over the shards of its units); a kernel whose Gram units are
-  sharded is all-gathered over them once (the kernel over the shards of its other axes). ``params`` sharded."""
+  sharded is all-gathered over them once (the kernel over the shards of its other axes). ``params`` sharded,
+  ``kernels`` as in ``partition_specs``."""
   leaves = jax.tree_util.tree_leaves(params)
   totals = dict(gram=0, predicted_all_reduce=0, predicted_all_gather=0)
-  for item in plan_lib.plan_kernels(params, views=views)[0]:
+  for item in kernels:
     k = views_lib.to_kernel_matrix(leaves[item.index], item.view)
     side = gram_side(mode, k)
     batch = math.prod(k.x.shape[a] for a in k.batch_axes)
@@ -212,9 +214,10 @@ def single_device_flops(params, views):
 def measure(params, strategy, single_flops, views):
   """One row per optimizer: collective bytes by kind and FLOPs per device, plus formed bytes for the Bort rows."""
   mesh = make_mesh(strategy)
-  specs, replicated = partition_specs(params, strategy, views)
+  kernels = plan_lib.plan_kernels(params, views=views)[0]
+  specs, replicated = partition_specs(params, strategy, kernels)
   leaves = jax.tree_util.tree_leaves(params)
-  kernel = sum(leaves[item.index].nbytes for item in plan_lib.plan_kernels(params, views=views)[0])
+  kernel = sum(leaves[item.index].nbytes for item in kernels)
   rows = {}
   with jax.set_mesh(mesh):
     sharded = jax.device_put(params, jax.tree.map(lambda s: NamedSharding(mesh, s), specs))
@@ -223,7 +226,7 @@ def measure(params, strategy, single_flops, views):
       flops = compiled.cost_analysis()["flops"]
       rows[name] = dict(collective_bytes(compiled.as_text()), kernel=kernel, flops=flops,
                         flops_share=flops / single_flops[name])
-      rows[name].update(formed_bytes(sharded, MODES[name], mesh, views) if name in MODES else {})
+      rows[name].update(formed_bytes(sharded, kernels, MODES[name], mesh) if name in MODES else {})
   return {"mesh": dict(mesh.shape), "replicated_kernels": replicated, "rows": rows}
 
 

@@ -63,16 +63,17 @@ def feature_reconstruction(config: ml_collections.ConfigDict, state: train.Train
   return jax.device_get(state.params), {layer: features_fn(layer) for layer in layers}, scales_fn, std
 
 
-def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray
-                           ) -> dict[str, dict[str, float]]:
+def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray,
+                           built=None) -> dict[str, dict[str, float]]:
   """Reconstruction MSE / PSNR / fitted PSNR from every feature depth of the trained model, on `images`.
 
   The depths and scales are `feature_reconstruction`'s (ResNet / ViT: scale 1, only the fitted PSNR is
   meaningful). The model's own forward pass is differentiated, on the normalized images it sees; errors are
   measured in [0, 1] pixel space (each channel's difference times its std), where the peak is 1. Means over the
-  first `NUM_RECONSTRUCTED` images, in batches of `RECONSTRUCTION_BATCH`.
+  first `NUM_RECONSTRUCTED` images, in batches of `RECONSTRUCTION_BATCH`. `built`: `feature_reconstruction(config,
+  state)` when the caller has it already.
   """
-  params, features_fns, scales_fn, std = feature_reconstruction(config, state)
+  params, features_fns, scales_fn, std = built or feature_reconstruction(config, state)
 
   @jax.jit
   def measure(params, x):
