@@ -11,11 +11,12 @@ Baselines are the standard recipes, not tuned here:
   `num_epochs` after a 1-epoch warmup.
 - adamw: AdamW (Loshchilov & Hutter, 2019) lr 1e-3, decoupled weight decay 0.05, as `cifar10_resnet18.py`.
 
-Bort fields (γ, mode, α) are predictions until `benchmarks/gamma_sweep.py --dataset cifar10 --model resnet20`
-selects them on the held-out validation split: SGD l1-full, α = 1, γ = 0.03 is what the MNIST LeNet-5 sweep
-selected at the same learning rate and momentum; AdamW γ = 5 lies between that sweep's AdamW choice at equal
-lr·γ (1.5) and the SGD↔AdamW rule of `default.py` (0.03 · 0.1 / (0.1 · 1e-3) = 30). dbort_sgd adds
--λ mean(y²)^β over every convolution's and the head's output (λ = 1e-3, β = 0.1, the reference values).
+Bort-SGD fields: l1-full, α = 1, γ = 0.03, selected by `benchmarks/gamma_sweep.py --dataset cifar10 --model
+resnet20` on the held-out validation split (γ ∈ {3e-3, 0.01, 0.03, 0.1}, 2 epochs; both of its rules pick 0.03,
+`benchmarks/results/gamma_sweep_cifar10_resnet20.md`). AdamW γ = 5 is a prediction (not swept, over the CPU
+budget): between the MNIST LeNet-5 sweep's AdamW choice at equal lr·γ (1.5) and the SGD↔AdamW rule of
+`default.py` (0.03 · 0.1 / (0.1 · 1e-3) = 30). dbort_sgd adds -λ mean(y²)^β over every convolution's and the
+head's output (λ = 1e-3, β = 0.1, the reference values) to the selected Bort-SGD.
 
 10 epochs (the issue's minimum; `benchmarks/results/cifar10_plan.md` has the measured speed and the CPU budget),
 float32: bf16 compute was faster for ResNet-20 but slower for the ViT on this CPU (that file's "Precision"
