@@ -3,7 +3,8 @@
     nice -n 10 python -m benchmarks.table --dataset mnist --out benchmarks/results/mnist_table.md
     nice -n 10 python -m benchmarks.table --dataset fashion_mnist --out benchmarks/results/fashion_mnist_table.md
     nice -n 10 python -m benchmarks.table --dataset cifar10 --out benchmarks/results/cifar10_table.md \\
-        --models resnet20 --optimizers sgd bort_sgd --seeds 0 1 2 --merge --budget-hours 16
+        --models resnet20 --optimizers sgd bort_sgd --seeds 0 1 2 --merge --budget-hours 16 \\
+        --planned resnet20/sgd resnet20/bort_sgd vit_tiny/adamw vit_tiny/bort_adamw
 
 (`python -m benchmarks.mnist_table` and `python -m benchmarks.cifar_table` are the same script.) Per run: final
 test accuracy, orthogonality gap (RMS of the off-diagonal of the Gram of each constrained kernel, normalised
@@ -16,7 +17,8 @@ on the same batch, interleaved, which gives Bort's per-step overhead under the s
 Runs are resumable: each trains in `--workdir/<model>_<optimizer>_seed<seed>` (default `runs/<out stem>/`)
 with the trainer's checkpoints, a killed run continues from its last checkpoint, and a finished run's record
 (`record.json` there) is read instead of retraining. The table (and its .json) is rewritten after every
-finished run; cells with fewer seeds than asked are marked "in progress". Data: `--data-dir` or
+finished run; cells with fewer seeds than asked are marked "in progress", and so is the table until every row
+of `--planned` (kept in the .json) has `--planned-seeds` seeds. Data: `--data-dir` or
 $BORT_DATA_DIR (`<dataset>.npz`), default `../shared/data` beside the repository.
 """
 
@@ -175,15 +177,22 @@ def _overhead(runs) -> str:
           f"{1e3 * np.mean([r['baseline_step_seconds'] for r in timed]):.0f} ms)")
 
 
+def _wanted_seeds(cell, seeds, planned) -> int:
+  """How many seeds `cell` should have: this command's, or the plan's where it asks more."""
+  return max(len(seeds), planned["seeds"] if cell in planned["cells"] else 0)
+
+
 def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds, started: float):
   """The Markdown table and its .json; the PSNR, hours and overhead columns appear once a run has them."""
   extra = any("psnr" in r for runs in results.values() for r in runs)
-  missing = [cell for cell, runs in results.items() if len(runs) < len(seeds)]
+  planned = args.planned
+  missing = [cell for cell, runs in results.items() if len(runs) < _wanted_seeds(cell, seeds, planned)]
+  not_run = [cell for cell in planned["cells"] if not results.get(cell)]
   title = f"# {dataset}: test accuracy and orthogonality gap, mean ± std over seeds {list(seeds)}"
   header = "| model | optimizer | epochs | test accuracy (%) | orthogonality gap |"
   header += " PSNR (dB) | train hours | Bort step overhead |" if extra else ""
   header += " per-seed accuracy (%) | settings |"
-  lines = [title + (" (in progress)" if missing else ""), "", header, "|---" * (header.count("|") - 1) + "|"]
+  lines = [title + (" (in progress)" if missing or not_run else ""), "", header, "|---" * (header.count("|") - 1) + "|"]
   for (model, optimizer), runs in results.items():
     if not runs:
       continue
@@ -194,8 +203,12 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
       psnr = [r["psnr"] for r in runs if "psnr" in r]
       row += (f"{_mean_std(psnr) if psnr else '—'} | {sum(r['seconds'] for r in runs) / 3600:.2f} | "
               f"{_overhead(runs)} | ")
-    in_progress = f" (in progress: {len(runs)} of {len(seeds)} seeds)" if len(runs) < len(seeds) else ""
+    wanted = _wanted_seeds((model, optimizer), seeds, planned)
+    in_progress = f" (in progress: {len(runs)} of {wanted} seeds)" if len(runs) < wanted else ""
     lines.append(row + f"{', '.join(f'{100 * a:.2f}' for a in accs)}{in_progress} | {runs[0]['settings']} |")
+  if not_run:
+    lines += ["", f"Planned rows not yet run ({planned['seeds']} seeds each): "
+              + ", ".join(f"{m} {o}" for m, o in not_run) + "."]
   modules = dict.fromkeys(CONFIGS[dataset][m].__name__.rsplit(".", 1)[-1] for m, _ in results if m in CONFIGS[dataset])
   recipe_files = [f"`examples/configs/{name}.py`" for name in modules] or ["the configs"]
   data = f"`{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
@@ -235,7 +248,8 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
                "times are not comparable across rows).")
   pathlib.Path(path).write_text("\n".join(lines) + "\n")
   with open(pathlib.Path(path).with_suffix(".json"), "w") as f:
-    json.dump({"commands": commands,
+    json.dump({"commands": commands, "planned": {"cells": [f"{m}/{o}" for m, o in planned["cells"]],
+                                                  "seeds": planned["seeds"]},
                "runs": {f"{m}/{o}": runs for (m, o), runs in results.items()}}, f, indent=1)
 
 
@@ -243,21 +257,26 @@ def _script(dataset: str) -> str:
   return "cifar_table" if dataset == "cifar10" else "mnist_table"
 
 
-def _load_previous(path: str, epochs: dict) -> tuple[dict, list[str]]:
-  """Cells and commands of an earlier invocation (for --merge); runs lacking "epochs" take `epochs`. None
+def _load_previous(path: str, epochs: dict) -> tuple[dict, list[str], dict | None]:
+  """Cells, commands and plan of an earlier invocation (for --merge); runs lacking "epochs" take `epochs`. None
   before the first invocation wrote the file, so that one command line serves every run of a table."""
   saved_path = pathlib.Path(path).with_suffix(".json")
   if not saved_path.exists():
     print(f"--merge: {saved_path} does not exist yet; starting the table.")
-    return {}, []
+    return {}, [], None
   saved = json.loads(saved_path.read_text())
   if "runs" not in saved:  # first format: the runs mapping alone
     saved = {"commands": [], "runs": saved}
   results = {}
   for key, runs in saved["runs"].items():
-    model, optimizer = key.split("/")
+    model, optimizer = _cell(key)
     results[(model, optimizer)] = [dict(r, epochs=r.get("epochs", epochs.get(model))) for r in runs]
-  return results, saved["commands"]
+  planned = saved.get("planned")
+  return results, saved["commands"], planned and dict(planned, cells=[_cell(c) for c in planned["cells"]])
+
+
+def _cell(text: str) -> tuple[str, str]:
+  return tuple(text.split("/"))
 
 
 def current_commands(commands: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -299,6 +318,10 @@ def _parser(dataset: str = "mnist") -> argparse.ArgumentParser:
   parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSON",
                       help="Also keep the cells (and commands) of these .json files of other runs, e.g. runs "
                            "of other cells made in parallel; `--models` with no value only merges.")
+  parser.add_argument("--planned", nargs="+", metavar="MODEL/OPTIMIZER",
+                      help="The rows this table is to have (kept in its .json for later --merge runs): it is marked "
+                           "\"in progress\" and lists those not yet run until each has --planned-seeds seeds.")
+  parser.add_argument("--planned-seeds", type=int, default=2, help="Seeds each --planned row is to have.")
   parser.add_argument("--set", nargs="*", default=[],
                       help="Config overrides FIELD=VALUE, OPTIMIZER.FIELD=VALUE or MODEL.FIELD=VALUE with Python "
                            "literal values, e.g. bort_sgd.gamma=0.1 \"mlp.bort_rules=(('layers/2/kernel', 0.0),)\".")
@@ -313,6 +336,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
   if unknown:
     raise ValueError(f"--models {unknown} are not accepted for --dataset {args.dataset}; accepted values: "
                      f"{', '.join(CONFIGS[args.dataset])}.")
+  cells = [_cell(c) for c in args.planned or ()]
+  wrong = [c for c, cell in zip(args.planned or (), cells)
+           if len(cell) != 2 or cell[0] not in CONFIGS[args.dataset] or cell[1] not in RECIPES]
+  if wrong or args.planned_seeds < 1:
+    raise ValueError(f"--planned {wrong} / --planned-seeds {args.planned_seeds} are not accepted; accepted values: "
+                     f"MODEL/OPTIMIZER with MODEL in {', '.join(CONFIGS[args.dataset])} and OPTIMIZER in "
+                     f"{', '.join(RECIPES)}, and at least 1 seed.")
+  args.planned = {"cells": cells, "seeds": args.planned_seeds}
   flags = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
   args.epochs_of = {m: flags.get(m) or args.epochs or module.get_config().num_epochs
                     for m, module in CONFIGS[args.dataset].items()}
@@ -325,9 +356,11 @@ def main(dataset: str = "mnist"):
   args = resolve(parser.parse_args())
   command = shlex.join(sys.argv[1:])
   started = time.time()
-  results, commands = _load_previous(args.out, args.epochs_of) if args.merge else ({}, [])
+  results, commands, saved_plan = _load_previous(args.out, args.epochs_of) if args.merge else ({}, [], None)
+  if saved_plan and not args.planned["cells"]:  # a plan given on an earlier command holds until one replaces it
+    args.planned = saved_plan
   for path in args.merge_from:
-    other_results, other_commands = _load_previous(path, args.epochs_of)
+    other_results, other_commands, _ = _load_previous(path, args.epochs_of)
     results.update(other_results)
     commands += [c for c in other_commands if c not in commands]
   commands = current_commands(commands + [command], parser)

@@ -60,6 +60,33 @@ def test_first_format_runs_take_the_configs_epochs(tmp_path, monkeypatch):
   assert epochs == [["mlp", "sgd", "15"], ["lenet5", "sgd", "10"]]
 
 
+def test_a_table_is_in_progress_until_every_planned_row_has_its_seeds(tmp_path, monkeypatch):
+  """--planned rows are kept in the .json: a table with a row short of seeds, or a planned row not run, is marked
+  "in progress" and names them; a plan on a later command replaces it; a bad row is a ValueError naming it."""
+  run = {"seed": 0, "test_accuracy": 0.5, "gap": 0.1, "seconds": 3600.0, "epochs": 10, "settings": "lr=0.1"}
+  out = tmp_path / "cifar.md"
+  out.with_suffix(".json").write_text(json.dumps({"commands": [], "runs": {"resnet20/sgd": [run]}}))
+  _run(monkeypatch, "--out", str(out), "--merge", "--models", "--seeds", "0", "--planned", "resnet20/sgd",
+       "vit_tiny/adamw", script=cifar_table)
+  text = out.read_text()
+  assert "(in progress)" in text
+  assert "50.00 (in progress: 1 of 2 seeds)" in text
+  assert "Planned rows not yet run (2 seeds each): vit_tiny adamw." in text
+  assert json.loads(out.with_suffix(".json").read_text())["planned"] == {"cells": ["resnet20/sgd", "vit_tiny/adamw"],
+                                                                         "seeds": 2}
+
+  _run(monkeypatch, "--out", str(out), "--merge", "--models", "--seeds", "0", script=cifar_table)  # plan kept
+  kept = out.read_text()
+  assert _rows(out)[0].endswith("50.00 (in progress: 1 of 2 seeds) | lr=0.1 |") and "(in progress)" in kept
+  assert "Planned rows not yet run (2 seeds each): vit_tiny adamw." in kept
+  _run(monkeypatch, "--out", str(out), "--merge", "--models", "--seeds", "0", "--planned", "resnet20/sgd",
+       "--planned-seeds", "1", script=cifar_table)
+  assert "in progress" not in out.read_text()
+  with pytest.raises(ValueError, match="--planned \\['resnet20/lamb', 'mlp/sgd'\\]"):
+    _run(monkeypatch, "--out", str(out), "--models", "--planned", "resnet20/lamb", "mlp/sgd", "vit_tiny/sgd",
+         script=cifar_table)
+
+
 def test_only_commands_that_still_own_a_cell_are_listed():
   commands = ["--dataset mnist --out t.md --models lenet5 --optimizers sgd bort_sgd",
               "--dataset mnist --out t.md --models mlp",
