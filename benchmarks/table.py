@@ -35,6 +35,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from benchmarks import gamma_sweep_report
 from benchmarks import stage_reconstruction
 import bort_jax
 from examples import data as data_lib
@@ -182,6 +183,24 @@ def _wanted_seeds(cell, seeds, planned) -> int:
   return max(len(seeds), planned["seeds"] if cell in planned["cells"] else 0)
 
 
+def verdicts(results: dict) -> list[str]:
+  """Each Bort row against its baseline row: above / level / below by the difference of the test means against
+  twice its standard error (seeds as samples; `gamma_sweep_report.compare`)."""
+  lines = []
+  for (model, optimizer), runs in results.items():
+    base = results.get((model, baseline_recipe(optimizer)))
+    if base is None or not runs:
+      continue
+    if min(len(runs), len(base)) < 2:
+      lines.append(f"- {model} {optimizer} vs {baseline_recipe(optimizer)}: not yet measured (fewer than 2 seeds).")
+      continue
+    word, diff, se = gamma_sweep_report.compare([r["test_accuracy"] for r in runs], [r["test_accuracy"] for r in base])
+    lines.append(f"- {model} {optimizer} vs {baseline_recipe(optimizer)}: {word} ({100 * diff:+.2f} pt, "
+                 + (f"{diff / se:+.1f} standard errors" if se > 0 else "standard error 0") + f"; seeds {len(runs)}, "
+                 f"{len(base)}).")
+  return lines
+
+
 def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds, started: float):
   """The Markdown table and its .json; the PSNR, hours and overhead columns appear once a run has them."""
   extra = any("psnr" in r for runs in results.values() for r in runs)
@@ -206,6 +225,10 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
     wanted = _wanted_seeds((model, optimizer), seeds, planned)
     in_progress = f" (in progress: {len(runs)} of {wanted} seeds)" if len(runs) < wanted else ""
     lines.append(row + f"{', '.join(f'{100 * a:.2f}' for a in accs)}{in_progress} | {runs[0]['settings']} |")
+  compared = verdicts(results)
+  if compared:
+    lines += ["", "Bort against its baseline (test accuracy; level: the difference of the means within twice its "
+              "standard error, seeds as samples). The papers' claim is that Bort improves accuracy.", "", *compared]
   if not_run:
     lines += ["", f"Planned rows not yet run ({planned['seeds']} seeds each): "
               + ", ".join(f"{m} {o}" for m, o in not_run) + "."]

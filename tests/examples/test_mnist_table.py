@@ -87,6 +87,19 @@ def test_a_table_is_in_progress_until_every_planned_row_has_its_seeds(tmp_path, 
          script=cifar_table)
 
 
+def test_verdicts_compare_each_bort_row_with_its_baseline():
+  """Difference of the means against twice its standard error: sd 1.41 pt per row of 2 seeds gives an error of
+  1.41 pt, so +5 pt is 3.5 errors (above) and +1 pt is level; a row of 1 seed is not yet measured."""
+  runs = lambda *accs: [{"test_accuracy": a} for a in accs]
+  results = {("resnet20", "sgd"): runs(0.50, 0.52), ("resnet20", "bort_sgd"): runs(0.55, 0.57),
+             ("resnet20", "dbort_sgd"): runs(0.51, 0.53), ("vit_tiny", "adamw"): runs(0.4, 0.42),
+             ("vit_tiny", "bort_adamw"): runs(0.3)}
+  assert table.verdicts(results) == [
+      "- resnet20 bort_sgd vs sgd: above (+5.00 pt, +3.5 standard errors; seeds 2, 2).",
+      "- resnet20 dbort_sgd vs sgd: level (+1.00 pt, +0.7 standard errors; seeds 2, 2).",
+      "- vit_tiny bort_adamw vs adamw: not yet measured (fewer than 2 seeds)."]
+
+
 def test_only_commands_that_still_own_a_cell_are_listed():
   commands = ["--dataset mnist --out t.md --models lenet5 --optimizers sgd bort_sgd",
               "--dataset mnist --out t.md --models mlp",
