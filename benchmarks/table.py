@@ -188,14 +188,15 @@ def verdicts(results: dict) -> list[str]:
   twice its standard error (seeds as samples; `gamma_sweep_report.compare`)."""
   lines = []
   for (model, optimizer), runs in results.items():
-    base = results.get((model, baseline_recipe(optimizer)))
+    base_name = baseline_recipe(optimizer)
+    base = results.get((model, base_name))
     if base is None or not runs:
       continue
     if min(len(runs), len(base)) < 2:
-      lines.append(f"- {model} {optimizer} vs {baseline_recipe(optimizer)}: not yet measured (fewer than 2 seeds).")
+      lines.append(f"- {model} {optimizer} vs {base_name}: not yet measured (fewer than 2 seeds).")
       continue
     word, diff, se = gamma_sweep_report.compare([r["test_accuracy"] for r in runs], [r["test_accuracy"] for r in base])
-    lines.append(f"- {model} {optimizer} vs {baseline_recipe(optimizer)}: {word} ({100 * diff:+.2f} pt, "
+    lines.append(f"- {model} {optimizer} vs {base_name}: {word} ({100 * diff:+.2f} pt, "
                  + (f"{diff / se:+.1f} standard errors" if se > 0 else "standard error 0") + f"; seeds {len(runs)}, "
                  f"{len(base)}).")
   return lines
@@ -342,8 +343,9 @@ def _parser(dataset: str = "mnist") -> argparse.ArgumentParser:
                       help="Also keep the cells (and commands) of these .json files of other runs, e.g. runs "
                            "of other cells made in parallel; `--models` with no value only merges.")
   parser.add_argument("--planned", nargs="+", metavar="MODEL/OPTIMIZER",
-                      help="The rows this table is to have (kept in its .json for later --merge runs): it is marked "
-                           "\"in progress\" and lists those not yet run until each has --planned-seeds seeds.")
+                      help="The rows this table is to have (kept in its .json for later --merge / --merge-from): it "
+                           "is marked \"in progress\" and lists those not yet run until each has --planned-seeds "
+                           "seeds.")
   parser.add_argument("--planned-seeds", type=int, default=2, help="Seeds each --planned row is to have.")
   parser.add_argument("--set", nargs="*", default=[],
                       help="Config overrides FIELD=VALUE, OPTIMIZER.FIELD=VALUE or MODEL.FIELD=VALUE with Python "
@@ -380,12 +382,16 @@ def main(dataset: str = "mnist"):
   command = shlex.join(sys.argv[1:])
   started = time.time()
   results, commands, saved_plan = _load_previous(args.out, args.epochs_of) if args.merge else ({}, [], None)
-  if saved_plan and not args.planned["cells"]:  # a plan given on an earlier command holds until one replaces it
-    args.planned = saved_plan
+  plans = [saved_plan]
   for path in args.merge_from:
-    other_results, other_commands, _ = _load_previous(path, args.epochs_of)
+    other_results, other_commands, other_plan = _load_previous(path, args.epochs_of)
     results.update(other_results)
     commands += [c for c in other_commands if c not in commands]
+    plans.append(other_plan)
+  plans = [plan for plan in plans if plan]
+  if plans and not args.planned["cells"]:  # the merged tables' plans hold until a command gives another
+    args.planned = {"cells": list(dict.fromkeys(c for plan in plans for c in plan["cells"])),
+                    "seeds": max(plan["seeds"] for plan in plans)}
   commands = current_commands(commands + [command], parser)
   if not args.models:
     write_table(args.out, args.dataset, results, commands, args, args.seeds, started)

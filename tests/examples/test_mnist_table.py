@@ -79,6 +79,10 @@ def test_a_table_is_in_progress_until_every_planned_row_has_its_seeds(tmp_path, 
   kept = out.read_text()
   assert _rows(out)[0].endswith("50.00 (in progress: 1 of 2 seeds) | lr=0.1 |") and "(in progress)" in kept
   assert "Planned rows not yet run (2 seeds each): vit_tiny adamw." in kept
+  merged = tmp_path / "merged.md"  # tables run in parallel keep their plans when merged
+  _run(monkeypatch, "--out", str(merged), "--merge-from", str(out.with_suffix(".json")), "--models", "--seeds", "0",
+       script=cifar_table)
+  assert "Planned rows not yet run (2 seeds each): vit_tiny adamw." in merged.read_text()
   _run(monkeypatch, "--out", str(out), "--merge", "--models", "--seeds", "0", "--planned", "resnet20/sgd",
        "--planned-seeds", "1", script=cifar_table)
   assert "in progress" not in out.read_text()
