@@ -346,7 +346,8 @@ def _parser(dataset: str = "mnist") -> argparse.ArgumentParser:
                       help="The rows this table is to have (kept in its .json for later --merge / --merge-from): it "
                            "is marked \"in progress\" and lists those not yet run until each has --planned-seeds "
                            "seeds.")
-  parser.add_argument("--planned-seeds", type=int, default=2, help="Seeds each --planned row is to have.")
+  parser.add_argument("--planned-seeds", type=int,
+                      help="Seeds each --planned row is to have (default 2; alone: changes the kept plan's).")
   parser.add_argument("--set", nargs="*", default=[],
                       help="Config overrides FIELD=VALUE, OPTIMIZER.FIELD=VALUE or MODEL.FIELD=VALUE with Python "
                            "literal values, e.g. bort_sgd.gamma=0.1 \"mlp.bort_rules=(('layers/2/kernel', 0.0),)\".")
@@ -364,11 +365,11 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
   cells = [_cell(c) for c in args.planned or ()]
   wrong = [c for c, cell in zip(args.planned or (), cells)
            if len(cell) != 2 or cell[0] not in CONFIGS[args.dataset] or cell[1] not in RECIPES]
-  if wrong or args.planned_seeds < 1:
+  if wrong or (args.planned_seeds is not None and args.planned_seeds < 1):
     raise ValueError(f"--planned {wrong} / --planned-seeds {args.planned_seeds} are not accepted; accepted values: "
                      f"MODEL/OPTIMIZER with MODEL in {', '.join(CONFIGS[args.dataset])} and OPTIMIZER in "
                      f"{', '.join(RECIPES)}, and at least 1 seed.")
-  args.planned = {"cells": cells, "seeds": args.planned_seeds}
+  args.planned = {"cells": cells, "seeds": args.planned_seeds or 2}
   flags = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
   args.epochs_of = {m: flags.get(m) or args.epochs or module.get_config().num_epochs
                     for m, module in CONFIGS[args.dataset].items()}
@@ -391,7 +392,10 @@ def main(dataset: str = "mnist"):
   plans = [plan for plan in plans if plan]
   if plans and not args.planned["cells"]:  # the merged tables' plans hold until a command gives another
     args.planned = {"cells": list(dict.fromkeys(c for plan in plans for c in plan["cells"])),
-                    "seeds": max(plan["seeds"] for plan in plans)}
+                    "seeds": args.planned_seeds or max(plan["seeds"] for plan in plans)}
+  if args.planned_seeds and not args.planned["cells"]:
+    raise ValueError(f"--planned-seeds {args.planned_seeds} has no rows to apply to: give --planned, or --merge / "
+                     "--merge-from a table that has a plan.")
   commands = current_commands(commands + [command], parser)
   if not args.models:
     write_table(args.out, args.dataset, results, commands, args, args.seeds, started)

@@ -83,6 +83,13 @@ def test_a_table_is_in_progress_until_every_planned_row_has_its_seeds(tmp_path, 
   _run(monkeypatch, "--out", str(merged), "--merge-from", str(out.with_suffix(".json")), "--models", "--seeds", "0",
        script=cifar_table)
   assert "Planned rows not yet run (2 seeds each): vit_tiny adamw." in merged.read_text()
+  _run(monkeypatch, "--out", str(merged), "--merge", "--models", "--seeds", "0", "--planned-seeds", "3",
+       script=cifar_table)  # alone, it changes the kept plan's seeds
+  assert "Planned rows not yet run (3 seeds each): vit_tiny adamw." in merged.read_text()
+  with pytest.raises(ValueError, match="--planned-seeds 0 are not accepted"):
+    _run(monkeypatch, "--out", str(merged), "--merge", "--models", "--planned-seeds", "0", script=cifar_table)
+  with pytest.raises(ValueError, match="--planned-seeds 3 has no rows"):
+    _run(monkeypatch, "--out", str(tmp_path / "new.md"), "--models", "--planned-seeds", "3", script=cifar_table)
   _run(monkeypatch, "--out", str(out), "--merge", "--models", "--seeds", "0", "--planned", "resnet20/sgd",
        "--planned-seeds", "1", script=cifar_table)
   assert "in progress" not in out.read_text()
