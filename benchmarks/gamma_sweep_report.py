@@ -99,11 +99,14 @@ def _describe(record: dict) -> str:
   return text
 
 
-def _mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
+  """mean ± std (ddof 1) with ``digits`` decimals; in scientific notation where the mean would print as 0."""
   values = scale * np.asarray(values, float)
   if not len(values):
     return "—"
-  return f"{values.mean():.{digits}f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.{digits}f}"
+  mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+  form = ".1e" if 0 < abs(mean) < 0.5 * 10.0 ** -digits else f".{digits}f"
+  return f"{mean:{form}} ± {std:{form}}"
 
 
 def final_runs(records: Sequence[dict], record: dict) -> list[dict]:
@@ -194,8 +197,8 @@ def write_report(sweep: "Sweep"):
       delta = (f"{100 * (np.mean(acc) - np.mean(base_acc)):+.2f}" if role != "baseline" and acc and base_acc
                else "—")
       lines.append(f"| {family} | {label} | {_describe(record)} | {100 * record['val_accuracy']:.2f} | "
-                   f"{_mean_std(acc, 100)} | {delta} | {_mean_std([r['gap'] for r in runs], digits=4)} | "
-                   f"{_mean_std([r['test_psnr'] for r in runs])} | {_mean_std([r['test_psnr_fitted'] for r in runs])}"
+                   f"{mean_std(acc, 100)} | {delta} | {mean_std([r['gap'] for r in runs], digits=4)} | "
+                   f"{mean_std([r['test_psnr'] for r in runs])} | {mean_std([r['test_psnr_fitted'] for r in runs])}"
                    f" | {len(runs)} |")
       if role != "baseline":
         verdicts.append(f"- {family}, {label} ({_describe(record)}): test accuracy "

@@ -35,8 +35,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from benchmarks import gamma_sweep_report
 from benchmarks import stage_reconstruction
+from benchmarks import table_report
 import bort_jax
 from examples import data as data_lib
 from examples import metrics_io
@@ -89,12 +89,6 @@ def _parse_value(text: str, current):
   return float(value) if isinstance(current, float) and isinstance(value, int) else value
 
 
-def baseline_recipe(optimizer: str) -> str | None:
-  """The recipe a Bort recipe is compared with (bort_sgd, dbort_sgd -> sgd); None for a baseline."""
-  family = optimizer.removeprefix("d").removeprefix("bort_")
-  return None if family == optimizer else family
-
-
 def step_seconds(configs: list[ml_collections.ConfigDict], batch: dict, steps: int) -> list[float]:
   """Median seconds of one jitted train step of each config on `batch`, the configs' steps interleaved so
   that they share the machine's load; compilation and a first step are excluded."""
@@ -135,7 +129,7 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   test_images, _ = data_lib.as_arrays(test_records)
   psnr = stage_reconstruction.reconstruction_metrics(config, state, test_images)
   batch = {"image": train_images[:config.batch_size], "label": train_labels[:config.batch_size]}
-  baseline = baseline_recipe(optimizer)
+  baseline = table_report.baseline_recipe(optimizer)
   timed = [config] + ([make_config(dataset, model, baseline, epochs, args)] if baseline else [])
   times = step_seconds(timed, batch, args.timed_steps)
   record = {"seed": seed, "test_accuracy": results["test_accuracy"], "gap": results["mean_offdiag_gap"],
@@ -159,126 +153,6 @@ def _settings(config) -> str:
   if "alpha" in shown and config.adaptive_alpha:
     shown["alpha"] = "adaptive"
   return ", ".join(f"{f}={v}" for f, v in shown.items())
-
-
-def _mean_std(values, scale=1.0, digits=2):
-  """mean ± std (ddof 1) with ``digits`` decimals; in scientific notation where the mean would print as 0."""
-  values = scale * np.asarray(values)
-  mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
-  form = ".1e" if 0 < abs(mean) < 0.5 * 10.0 ** -digits else f".{digits}f"
-  return f"{mean:{form}} ± {std:{form}}"
-
-
-def _overhead(runs) -> str:
-  timed = [r for r in runs if "baseline_step_seconds" in r]
-  if not timed:
-    return "—"
-  ratios = [r["step_seconds"] / r["baseline_step_seconds"] for r in timed]
-  return (f"×{np.mean(ratios):.2f} ({1e3 * np.mean([r['step_seconds'] for r in timed]):.0f} vs "
-          f"{1e3 * np.mean([r['baseline_step_seconds'] for r in timed]):.0f} ms)")
-
-
-def _wanted_seeds(cell, seeds, planned) -> int:
-  """How many seeds `cell` should have: this command's, or the plan's where it asks more."""
-  return max(len(seeds), planned["seeds"] if cell in planned["cells"] else 0)
-
-
-def verdicts(results: dict) -> list[str]:
-  """Each Bort row against its baseline row: above / level / below by the difference of the test means against
-  twice its standard error (seeds as samples; `gamma_sweep_report.compare`)."""
-  lines = []
-  for (model, optimizer), runs in results.items():
-    base_name = baseline_recipe(optimizer)
-    base = results.get((model, base_name))
-    if base is None or not runs:
-      continue
-    if min(len(runs), len(base)) < 2:
-      lines.append(f"- {model} {optimizer} vs {base_name}: not yet measured (fewer than 2 seeds).")
-      continue
-    word, diff, se = gamma_sweep_report.compare([r["test_accuracy"] for r in runs], [r["test_accuracy"] for r in base])
-    lines.append(f"- {model} {optimizer} vs {base_name}: {word} ({100 * diff:+.2f} pt, "
-                 + (f"{diff / se:+.1f} standard errors" if se > 0 else "standard error 0") + f"; seeds {len(runs)}, "
-                 f"{len(base)}).")
-  return lines
-
-
-def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds, started: float):
-  """The Markdown table and its .json; the PSNR, hours and overhead columns appear once a run has them."""
-  extra = any("psnr" in r for runs in results.values() for r in runs)
-  planned = args.planned
-  missing = [cell for cell, runs in results.items() if len(runs) < _wanted_seeds(cell, seeds, planned)]
-  not_run = [cell for cell in planned["cells"] if not results.get(cell)]
-  title = f"# {dataset}: test accuracy and orthogonality gap, mean ± std over seeds {list(seeds)}"
-  header = "| model | optimizer | epochs | test accuracy (%) | orthogonality gap |"
-  header += " PSNR (dB) | train hours | Bort step overhead |" if extra else ""
-  header += " per-seed accuracy (%) | settings |"
-  lines = [title + (" (in progress)" if missing or not_run else ""), "", header, "|---" * (header.count("|") - 1) + "|"]
-  for (model, optimizer), runs in results.items():
-    if not runs:
-      continue
-    accs = [r["test_accuracy"] for r in runs]
-    row = (f"| {model} | {optimizer} | {runs[0]['epochs']} | {_mean_std(accs, 100)} | "
-           f"{_mean_std([r['gap'] for r in runs], digits=4)} | ")
-    if extra:
-      psnr = [r["psnr"] for r in runs if "psnr" in r]
-      row += (f"{_mean_std(psnr) if psnr else '—'} | {sum(r['seconds'] for r in runs) / 3600:.2f} | "
-              f"{_overhead(runs)} | ")
-    wanted = _wanted_seeds((model, optimizer), seeds, planned)
-    in_progress = f" (in progress: {len(runs)} of {wanted} seeds)" if len(runs) < wanted else ""
-    lines.append(row + f"{', '.join(f'{100 * a:.2f}' for a in accs)}{in_progress} | {runs[0]['settings']} |")
-  compared = verdicts(results)
-  if compared:
-    lines += ["", "Bort against its baseline (test accuracy; level: the difference of the means within twice its "
-              "standard error, seeds as samples). The papers' claim is that Bort improves accuracy.", "", *compared]
-  if not_run:
-    lines += ["", f"Planned rows not yet run ({planned['seeds']} seeds each): "
-              + ", ".join(f"{m} {o}" for m, o in not_run) + "."]
-  modules = dict.fromkeys(CONFIGS[dataset][m].__name__.rsplit(".", 1)[-1] for m, _ in results if m in CONFIGS[dataset])
-  recipe_files = [f"`examples/configs/{name}.py`" for name in modules] or ["the configs"]
-  data = f"`{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
-  lines += ["", "## Exactly what was run", "",
-            *(f"- Command: `python -m benchmarks.{_script(dataset)} {c}`" for c in commands),
-            f"- Data: {data}, full test split; batch size {args.batch_size}; "
-            + ("pad-4 crop + flip (He et al., 2016); " if dataset == "cifar10" else "no augmentation; ")
-            + "cosine learning-rate decay to 0 after a linear warmup of min(the config's warmup or 0.5, epochs/4) "
-            "epochs."
-            + (f" Note: {DATA_NOTES[dataset]}." if dataset in DATA_NOTES else ""),
-            f"- Models: {', '.join(f'`{m}`' for m in CONFIGS[dataset])}, with biases, float32; epochs as in the table.",
-            f"- Optimizers: the recipes of {' and '.join(recipe_files)} (settings column, after overrides "
-            f"{args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; Bort corrects every "
-            "conv/dense kernel (not biases); dbort_sgd adds -λ mean(y²)^β over every kernel's sown output.",
-            "- Orthogonality gap: `bort_jax.orthogonality_gap(params)` `offdiag` statistic (RMS of the "
-            "off-diagonal of G/mean diag G, G the Gram of the constrained side of each kernel), averaged "
-            "over the constrained layers, after the last epoch."]
-  if extra:
-    lines += ["- PSNR: reconstruction x̂ = J(x)ᵀ f(x) of 1,000 test images from the last feature stage (MLP / "
-              "LeNet-5: the last hidden ReLU; ResNet: the last stage's map; ViT: the final LayerNorm's tokens), "
-              "with the least-squares scale per image, in [0, 1] pixel space "
-              "(`stage_reconstruction.reconstruction_metrics`)."
-              " Folding BatchNorm into the convolutions (`bort_jax.explain.canonize`) leaves J(x) unchanged, so it is"
-              " not needed here.",
-              "- Train hours: the trainer's per-epoch seconds (training + evaluation) summed over the row's seeds. "
-              f"Bort step overhead: median of {args.timed_steps} jitted train steps of the Bort recipe over its "
-              "baseline's, same batch, interleaved, after training in the same process (the ratio is comparable "
-              "across rows; the milliseconds depend on the load)."]
-  if args.budget_hours:
-    used = sum(r["seconds"] for runs in results.values() for r in runs) / 3600
-    lines.append(f"- Budget: {args.budget_hours:g} CPU-hours planned for this table and its γ sweep "
-                 f"(`benchmarks/results/cifar10_plan.md`); {used:.1f} h of training in the table so far.")
-  lines.append(f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; "
-               + (f"wall time {(time.time() - started) / 60:.1f} min for the runs of the last command; "
-                  if args.models else "the last command only merged cells (no training); ")
-               + "seconds per run in the .json beside this file (runs shared the machine with other jobs, so "
-               "times are not comparable across rows).")
-  pathlib.Path(path).write_text("\n".join(lines) + "\n")
-  with open(pathlib.Path(path).with_suffix(".json"), "w") as f:
-    json.dump({"commands": commands, "planned": {"cells": [f"{m}/{o}" for m, o in planned["cells"]],
-                                                  "seeds": planned["seeds"]},
-               "runs": {f"{m}/{o}": runs for (m, o), runs in results.items()}}, f, indent=1)
-
-
-def _script(dataset: str) -> str:
-  return "cifar_table" if dataset == "cifar10" else "mnist_table"
 
 
 def _load_previous(path: str, epochs: dict) -> tuple[dict, list[str], dict | None]:
@@ -398,7 +272,8 @@ def main(dataset: str = "mnist"):
                      "--merge-from a table that has a plan.")
   commands = current_commands(commands + [command], parser)
   if not args.models:
-    write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
+    table_report.write_table(args.out, args.dataset, results, commands, args, args.seeds, started,
+                               CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
   cells = [(m, o) for m in args.models for o in args.optimizers]
   for cell in cells:
     results[cell] = []  # a redone cell starts over (its finished seeds are read back from their records)
@@ -408,7 +283,8 @@ def main(dataset: str = "mnist"):
       results[(model, optimizer)].append(record)
       print(f"{args.dataset} {model} {optimizer} seed {seed}: acc {record['test_accuracy']:.4f} gap "
             f"{record['gap']:.4f} PSNR {record['psnr']:.2f} dB ({record['seconds']:.0f}s)", flush=True)
-      write_table(args.out, args.dataset, results, commands, args, args.seeds, started)
+      table_report.write_table(args.out, args.dataset, results, commands, args, args.seeds, started,
+                               CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
 
 
 if __name__ == "__main__":

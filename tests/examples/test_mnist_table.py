@@ -12,6 +12,7 @@ from benchmarks import cifar10_explain
 from benchmarks import cifar_table
 from benchmarks import mnist_table
 from benchmarks import table
+from benchmarks import table_report
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -105,7 +106,7 @@ def test_verdicts_compare_each_bort_row_with_its_baseline():
   results = {("resnet20", "sgd"): runs(0.50, 0.52), ("resnet20", "bort_sgd"): runs(0.55, 0.57),
              ("resnet20", "dbort_sgd"): runs(0.51, 0.53), ("vit_tiny", "adamw"): runs(0.4, 0.42),
              ("vit_tiny", "bort_adamw"): runs(0.3)}
-  assert table.verdicts(results) == [
+  assert table_report.verdicts(results) == [
       "- resnet20 bort_sgd vs sgd: above (+5.00 pt, +3.5 standard errors; seeds 2, 2).",
       "- resnet20 dbort_sgd vs sgd: level (+1.00 pt, +0.7 standard errors; seeds 2, 2).",
       "- vit_tiny bort_adamw vs adamw: not yet measured (fewer than 2 seeds)."]

@@ -1,0 +1,134 @@
+"""The Markdown and JSON of `benchmarks.table`: rows of mean ± std over seeds, verdicts against the baselines, and
+exactly what was run (commands, data, recipes, budget, machine)."""
+
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import gamma_sweep_report
+from benchmarks.gamma_sweep_report import mean_std
+
+
+def baseline_recipe(optimizer: str) -> str | None:
+  """The recipe a Bort recipe is compared with (bort_sgd, dbort_sgd -> sgd); None for a baseline."""
+  family = optimizer.removeprefix("d").removeprefix("bort_")
+  return None if family == optimizer else family
+
+
+def _overhead(runs) -> str:
+  timed = [r for r in runs if "baseline_step_seconds" in r]
+  if not timed:
+    return "—"
+  ratios = [r["step_seconds"] / r["baseline_step_seconds"] for r in timed]
+  return (f"×{np.mean(ratios):.2f} ({1e3 * np.mean([r['step_seconds'] for r in timed]):.0f} vs "
+          f"{1e3 * np.mean([r['baseline_step_seconds'] for r in timed]):.0f} ms)")
+
+
+def wanted_seeds(cell, seeds, planned) -> int:
+  """How many seeds `cell` should have: this command's, or the plan's where it asks more."""
+  return max(len(seeds), planned["seeds"] if cell in planned["cells"] else 0)
+
+
+def verdicts(results: dict) -> list[str]:
+  """Each Bort row against its baseline row: above / level / below by the difference of the test means against
+  twice its standard error (seeds as samples; `gamma_sweep_report.compare`)."""
+  lines = []
+  for (model, optimizer), runs in results.items():
+    base_name = baseline_recipe(optimizer)
+    base = results.get((model, base_name))
+    if base is None or not runs:
+      continue
+    if min(len(runs), len(base)) < 2:
+      lines.append(f"- {model} {optimizer} vs {base_name}: not yet measured (fewer than 2 seeds).")
+      continue
+    word, diff, se = gamma_sweep_report.compare([r["test_accuracy"] for r in runs], [r["test_accuracy"] for r in base])
+    lines.append(f"- {model} {optimizer} vs {base_name}: {word} ({100 * diff:+.2f} pt, "
+                 + (f"{diff / se:+.1f} standard errors" if se > 0 else "standard error 0") + f"; seeds {len(runs)}, "
+                 f"{len(base)}).")
+  return lines
+
+
+def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds, started: float,
+                recipes: dict, data_note: str | None = None):
+  """The Markdown table and its .json; the PSNR, hours and overhead columns appear once a run has them.
+
+  `recipes` maps the dataset's models to their config modules; `data_note` is said under the data line.
+  """
+  extra = any("psnr" in r for runs in results.values() for r in runs)
+  planned = args.planned
+  missing = [cell for cell, runs in results.items() if len(runs) < wanted_seeds(cell, seeds, planned)]
+  not_run = [cell for cell in planned["cells"] if not results.get(cell)]
+  title = f"# {dataset}: test accuracy and orthogonality gap, mean ± std over seeds {list(seeds)}"
+  header = "| model | optimizer | epochs | test accuracy (%) | orthogonality gap |"
+  header += " PSNR (dB) | train hours | Bort step overhead |" if extra else ""
+  header += " per-seed accuracy (%) | settings |"
+  lines = [title + (" (in progress)" if missing or not_run else ""), "", header, "|---" * (header.count("|") - 1) + "|"]
+  for (model, optimizer), runs in results.items():
+    if not runs:
+      continue
+    accs = [r["test_accuracy"] for r in runs]
+    row = (f"| {model} | {optimizer} | {runs[0]['epochs']} | {mean_std(accs, 100)} | "
+           f"{mean_std([r['gap'] for r in runs], digits=4)} | ")
+    if extra:
+      psnr = [r["psnr"] for r in runs if "psnr" in r]
+      row += (f"{mean_std(psnr) if psnr else '—'} | {sum(r['seconds'] for r in runs) / 3600:.2f} | "
+              f"{_overhead(runs)} | ")
+    wanted = wanted_seeds((model, optimizer), seeds, planned)
+    in_progress = f" (in progress: {len(runs)} of {wanted} seeds)" if len(runs) < wanted else ""
+    lines.append(row + f"{', '.join(f'{100 * a:.2f}' for a in accs)}{in_progress} | {runs[0]['settings']} |")
+  compared = verdicts(results)
+  if compared:
+    lines += ["", "Bort against its baseline (test accuracy; level: the difference of the means within twice its "
+              "standard error, seeds as samples). The papers' claim is that Bort improves accuracy.", "", *compared]
+  if not_run:
+    lines += ["", f"Planned rows not yet run ({planned['seeds']} seeds each): "
+              + ", ".join(f"{m} {o}" for m, o in not_run) + "."]
+  modules = dict.fromkeys(recipes[m].__name__.rsplit(".", 1)[-1] for m, _ in results if m in recipes)
+  recipe_files = [f"`examples/configs/{name}.py`" for name in modules] or ["the configs"]
+  data = f"`{dataset}.npz`, full train split{f' (first {args.train_limit})' if args.train_limit else ''}"
+  lines += ["", "## Exactly what was run", "",
+            *(f"- Command: `python -m benchmarks.{script_name(dataset)} {c}`" for c in commands),
+            f"- Data: {data}, full test split; batch size {args.batch_size}; "
+            + ("pad-4 crop + flip (He et al., 2016); " if dataset == "cifar10" else "no augmentation; ")
+            + "cosine learning-rate decay to 0 after a linear warmup of min(the config's warmup or 0.5, epochs/4) "
+            "epochs."
+            + (f" Note: {data_note}." if data_note else ""),
+            f"- Models: {', '.join(f'`{m}`' for m in recipes)}, with biases, float32; epochs as in the table.",
+            f"- Optimizers: the recipes of {' and '.join(recipe_files)} (settings column, after overrides "
+            f"{args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; Bort corrects every "
+            "conv/dense kernel (not biases); dbort_sgd adds -λ mean(y²)^β over every kernel's sown output.",
+            "- Orthogonality gap: `bort_jax.orthogonality_gap(params)` `offdiag` statistic (RMS of the "
+            "off-diagonal of G/mean diag G, G the Gram of the constrained side of each kernel), averaged "
+            "over the constrained layers, after the last epoch."]
+  if extra:
+    lines += ["- PSNR: reconstruction x̂ = J(x)ᵀ f(x) of 1,000 test images from the last feature stage (MLP / "
+              "LeNet-5: the last hidden ReLU; ResNet: the last stage's map; ViT: the final LayerNorm's tokens), "
+              "with the least-squares scale per image, in [0, 1] pixel space "
+              "(`stage_reconstruction.reconstruction_metrics`)."
+              " Folding BatchNorm into the convolutions (`bort_jax.explain.canonize`) leaves J(x) unchanged, so it is"
+              " not needed here.",
+              "- Train hours: the trainer's per-epoch seconds (training + evaluation) summed over the row's seeds. "
+              f"Bort step overhead: median of {args.timed_steps} jitted train steps of the Bort recipe over its "
+              "baseline's, same batch, interleaved, after training in the same process (the ratio is comparable "
+              "across rows; the milliseconds depend on the load)."]
+  if args.budget_hours:
+    used = sum(r["seconds"] for runs in results.values() for r in runs) / 3600
+    lines.append(f"- Budget: {args.budget_hours:g} CPU-hours planned for this table and its γ sweep "
+                 f"(`benchmarks/results/cifar10_plan.md`); {used:.1f} h of training in the table so far.")
+  lines.append(f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; "
+               + (f"wall time {(time.time() - started) / 60:.1f} min for the runs of the last command; "
+                  if args.models else "the last command only merged cells (no training); ")
+               + "seconds per run in the .json beside this file (runs shared the machine with other jobs, so "
+               "times are not comparable across rows).")
+  pathlib.Path(path).write_text("\n".join(lines) + "\n")
+  with open(pathlib.Path(path).with_suffix(".json"), "w") as f:
+    json.dump({"commands": commands, "planned": {"cells": [f"{m}/{o}" for m, o in planned["cells"]],
+                                                  "seeds": planned["seeds"]},
+               "runs": {f"{m}/{o}": runs for (m, o), runs in results.items()}}, f, indent=1)
+
+
+def script_name(dataset: str) -> str:
+  return "cifar_table" if dataset == "cifar10" else "mnist_table"
