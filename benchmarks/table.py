@@ -201,7 +201,8 @@ def _parser(dataset: str = "mnist") -> argparse.ArgumentParser:
   parser.add_argument("--out", required=True, help="Markdown file to write (a .json of runs beside it).")
   parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", REPO.parent / "shared" / "data"))
   parser.add_argument("--workdir", help="Folder of the per-run trainer folders (default runs/<out stem>).")
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--seeds", type=int, nargs="+",
+                      help="Default 0 1 2; with `--models` and no value (merge only): the plan's, else those run.")
   parser.add_argument("--epochs", type=int, help="Epochs of every model (default: each config's num_epochs).")
   parser.add_argument("--mlp-epochs", type=int, help="Epochs of the MLP (default: --epochs).")
   parser.add_argument("--lenet-epochs", type=int, help="Epochs of LeNet-5 (default: --epochs).")
@@ -244,6 +245,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
                      f"MODEL/OPTIMIZER with MODEL in {', '.join(CONFIGS[args.dataset])} and OPTIMIZER in "
                      f"{', '.join(RECIPES)}, and at least 1 seed.")
   args.planned = {"cells": cells, "seeds": args.planned_seeds or 2}
+  if args.seeds is None and args.models:  # a merge-only command (--models with no value) takes them in main
+    args.seeds = [0, 1, 2]
   flags = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
   args.epochs_of = {m: flags.get(m) or args.epochs or module.get_config().num_epochs
                     for m, module in CONFIGS[args.dataset].items()}
@@ -272,6 +275,9 @@ def main(dataset: str = "mnist"):
                      "--merge-from a table that has a plan.")
   commands = current_commands(commands + [command], parser)
   if not args.models:
+    if args.seeds is None:  # a merge names no seeds: the plan's count, else the seeds the merged runs have
+      run = sorted({r["seed"] for runs in results.values() for r in runs})
+      args.seeds = list(range(args.planned["seeds"])) if args.planned["cells"] else run
     table_report.write_table(args.out, args.dataset, results, commands, args, args.seeds, started,
                                CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
   cells = [(m, o) for m in args.models for o in args.optimizers]

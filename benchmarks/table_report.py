@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from benchmarks import gamma_sweep_report
+from benchmarks import jsonl_records
 from benchmarks.gamma_sweep_report import mean_std
 
 
@@ -115,9 +116,7 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
               "baseline's, same batch, interleaved, after training in the same process (the ratio is comparable "
               "across rows; the milliseconds depend on the load)."]
   if args.budget_hours:
-    used = sum(r["seconds"] for runs in results.values() for r in runs) / 3600
-    lines.append(f"- Budget: {args.budget_hours:g} CPU-hours planned for this table and its γ sweep "
-                 f"(`benchmarks/results/cifar10_plan.md`); {used:.1f} h of training in the table so far.")
+    lines.append(budget_line(path, dataset, results, recipes, args.budget_hours))
   lines.append(f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; "
                + (f"wall time {(time.time() - started) / 60:.1f} min for the runs of the last command; "
                   if args.models else "the last command only merged cells (no training); ")
@@ -132,3 +131,22 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
 
 def script_name(dataset: str) -> str:
   return "cifar_table" if dataset == "cifar10" else "mnist_table"
+
+
+def budget_line(path: str, dataset: str, results: dict, recipes: dict, budget_hours: float) -> str:
+  """The budget against the hours spent: the table's runs and the γ sweeps of its models found beside it
+  (`gamma_sweep_<dataset>_<model>.jsonl`, the sweep's records), each run's own training seconds."""
+  table_hours = sum(r["seconds"] for runs in results.values() for r in runs) / 3600
+  sweeps = {}
+  for model in recipes:
+    sweep = pathlib.Path(path).with_name(f"gamma_sweep_{dataset}_{model}.jsonl")
+    if sweep.exists():
+      sweeps[sweep.name] = sum(r["seconds"] for r in jsonl_records.read_records(sweep)) / 3600
+  used = table_hours + sum(sweeps.values())
+  spent = f"{table_hours:.1f} h of training in the table" + "".join(
+      f" + {hours:.1f} h in `{name}`" for name, hours in sweeps.items())
+  plan = pathlib.Path(path).with_name(f"{dataset}_plan.md")
+  plan_ref = f" (`{plan.name}` beside this file)" if plan.exists() else ""
+  verdict = "within the budget" if used <= budget_hours else f"over the budget by {used - budget_hours:.1f} h"
+  return (f"- Budget: {budget_hours:g} CPU-hours planned for this table and its γ sweeps{plan_ref}; spent so far "
+          f"{spent} = {used:.1f} h, {verdict}.")

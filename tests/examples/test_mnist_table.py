@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import cifar10_explain
 from benchmarks import cifar_table
+from benchmarks import jsonl_records
 from benchmarks import mnist_table
 from benchmarks import table
 from benchmarks import table_report
@@ -80,6 +81,12 @@ def test_a_table_is_in_progress_until_every_planned_row_has_its_seeds(tmp_path, 
   kept = out.read_text()
   assert _rows(out)[0].endswith("50.00 (in progress: 1 of 2 seeds) | lr=0.1 |") and "(in progress)" in kept
   assert "Planned rows not yet run (2 seeds each): vit_tiny adamw." in kept
+  _run(monkeypatch, "--out", str(out), "--merge", "--models", script=cifar_table)  # a merge's seeds: the plan's
+  assert "over seeds [0, 1] (in progress)" in out.read_text() and "(in progress: 1 of 2 seeds)" in out.read_text()
+  no_plan = tmp_path / "no_plan.md"  # and without a plan, those run
+  no_plan.with_suffix(".json").write_text(json.dumps({"commands": [], "runs": {"resnet20/sgd": [run]}}))
+  _run(monkeypatch, "--out", str(no_plan), "--merge", "--models", script=cifar_table)
+  assert "over seeds [0]\n" in no_plan.read_text() and "in progress" not in no_plan.read_text()
   merged = tmp_path / "merged.md"  # tables run in parallel keep their plans when merged
   _run(monkeypatch, "--out", str(merged), "--merge-from", str(out.with_suffix(".json")), "--models", "--seeds", "0",
        script=cifar_table)
@@ -110,6 +117,22 @@ def test_verdicts_compare_each_bort_row_with_its_baseline():
       "- resnet20 bort_sgd vs sgd: above (+5.00 pt, +3.5 standard errors; seeds 2, 2).",
       "- resnet20 dbort_sgd vs sgd: level (+1.00 pt, +0.7 standard errors; seeds 2, 2).",
       "- vit_tiny bort_adamw vs adamw: not yet measured (fewer than 2 seeds)."]
+
+
+def test_budget_counts_the_table_and_the_sweeps_beside_it(tmp_path):
+  """Hours = the table's runs + every record of the sweeps of its models beside it (2 h + 1.5 h); over or within
+  the budget said with the difference; the plan named only where it exists."""
+  table_path = tmp_path / "cifar10_table.md"
+  jsonl_records.append_record(tmp_path / "gamma_sweep_cifar10_resnet20.jsonl", {"key": "a", "seconds": 3600.0})
+  jsonl_records.append_record(tmp_path / "gamma_sweep_cifar10_resnet20.jsonl", {"key": "b", "seconds": 1800.0})
+  results = {("resnet20", "sgd"): [{"seconds": 3600.0}, {"seconds": 3600.0}]}
+  recipes = {"resnet20": None, "vit_tiny": None}
+  line = table_report.budget_line(str(table_path), "cifar10", results, recipes, 3.0)
+  assert line == ("- Budget: 3 CPU-hours planned for this table and its γ sweeps; spent so far 2.0 h of training in "
+                  "the table + 1.5 h in `gamma_sweep_cifar10_resnet20.jsonl` = 3.5 h, over the budget by 0.5 h.")
+  (tmp_path / "cifar10_plan.md").write_text("plan")
+  line = table_report.budget_line(str(table_path), "cifar10", results, recipes, 4.0)
+  assert "sweeps (`cifar10_plan.md` beside this file);" in line and line.endswith("= 3.5 h, within the budget.")
 
 
 def test_only_commands_that_still_own_a_cell_are_listed():
