@@ -122,13 +122,13 @@ def compare(test_bort: Sequence[float], test_base: Sequence[float]) -> tuple[str
   return "level" if abs(diff) <= 2 * se else ("above" if diff > 0 else "below"), diff, se
 
 
-def verdict(test_bort: Sequence[float], test_base: Sequence[float]) -> str:
-  """"above" / "level with" / "below" the tuned baseline, with the difference and its standard error."""
+def verdict(test_bort: Sequence[float], test_base: Sequence[float], baseline: str = "the tuned baseline") -> str:
+  """"above" / "level with" / "below" ``baseline``, with the difference in points and in standard errors."""
   if len(test_bort) < 2 or len(test_base) < 2:
     return "not yet measured (fewer than 2 seeds)"
   word, diff, se = compare(test_bort, test_base)
-  word = "level with" if word == "level" else word
-  return f"{word} the tuned baseline ({100 * diff:+.2f} pt, standard error of the difference {100 * se:.2f} pt)"
+  errors = f"{diff / se:+.1f} standard errors of {100 * se:.2f} pt" if se > 0 else "standard error 0"
+  return f"{'level with' if word == 'level' else word} {baseline} ({100 * diff:+.2f} pt, {errors})"
 
 
 def held_gammas(records: Sequence[dict], chosen: dict, psnr_metric: str,

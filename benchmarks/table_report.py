@@ -35,20 +35,16 @@ def wanted_seeds(cell, seeds, planned) -> int:
 
 def verdicts(results: dict) -> list[str]:
   """Each Bort row against its baseline row: above / level / below by the difference of the test means against
-  twice its standard error (seeds as samples; `gamma_sweep_report.compare`)."""
+  twice its standard error (seeds as samples; `gamma_sweep_report.verdict`)."""
   lines = []
   for (model, optimizer), runs in results.items():
     base_name = baseline_recipe(optimizer)
     base = results.get((model, base_name))
     if base is None or not runs:
       continue
-    if min(len(runs), len(base)) < 2:
-      lines.append(f"- {model} {optimizer} vs {base_name}: not yet measured (fewer than 2 seeds).")
-      continue
-    word, diff, se = gamma_sweep_report.compare([r["test_accuracy"] for r in runs], [r["test_accuracy"] for r in base])
-    lines.append(f"- {model} {optimizer} vs {base_name}: {word} ({100 * diff:+.2f} pt, "
-                 + (f"{diff / se:+.1f} standard errors" if se > 0 else "standard error 0") + f"; seeds {len(runs)}, "
-                 f"{len(base)}).")
+    accuracy = lambda rows: [r["test_accuracy"] for r in rows]
+    lines.append(f"- {model} {optimizer}: {gamma_sweep_report.verdict(accuracy(runs), accuracy(base), base_name)}; "
+                 f"seeds {len(runs)}, {len(base)}.")
   return lines
 
 
