@@ -55,16 +55,20 @@ def train_command(model: str, seed: int, runs: pathlib.Path) -> str:
   return command if runs.resolve() == DEFAULT_RUNS else f"{command} --workdir {shlex.quote(str(runs))}"
 
 
-def restore_final_state(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, train.TrainState]:
-  """The config a run was trained with (its config.json) and the state of its last checkpoint, laid out as the
-  trainer builds it (`train.train_and_evaluate`); reads only."""
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+def initial_state(config: ml_collections.ConfigDict) -> train.TrainState:
+  """The state a run of `config` starts from (model and optimizer at its seed), laid out as the trainer builds it
+  (`train.train_and_evaluate`): the template checkpoints restore into."""
   model = train.create_model(config, config.num_classes)
   tx, _ = optimizers.create_optimizer(config, 1, views=bort_jax.nnx_views(model))  # the schedule's length is moot
-  template, _ = train.create_train_state(model, tx)
+  return train.create_train_state(model, tx)[0]
+
+
+def restore_final_state(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, train.TrainState]:
+  """The config a run was trained with (its config.json) and the state of its last checkpoint; reads only."""
+  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
   checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), every_steps=0, keep=config.keep_checkpoints)
   try:
-    return config, checkpointer.restore_latest(template)
+    return config, checkpointer.restore_latest(initial_state(config))
   finally:
     checkpointer.close()
 

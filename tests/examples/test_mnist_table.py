@@ -5,12 +5,14 @@ import json
 import pathlib
 import sys
 
+import jax
 import numpy as np
 import pytest
 
 from benchmarks import cifar10_explain
 from benchmarks import cifar_table
 from benchmarks import jsonl_records
+from benchmarks import kernel_spectra
 from benchmarks import mnist_table
 from benchmarks import table
 from benchmarks import table_report
@@ -210,3 +212,22 @@ def test_cifar10_explain_draws_every_stage_of_the_finished_cells(tiny_cifar_cell
   with pytest.raises(SystemExit, match="no finished CIFAR-10 table run of seed 1") as stop:
     cifar10_explain.main(["--runs", str(runs), "--out", str(figure), "--seed", "1"])
   assert "python -m benchmarks.cifar_table" in str(stop.value.code)
+
+
+def test_kernel_spectra_of_the_tiny_cell_against_numpy(tiny_cifar_cell, tmp_path):
+  """Every constrained kernel of the tiny ResNet-20 run has a row; the init spectra are NumPy's SVD of the kernels
+  of the model rebuilt from the run's config (conv HWIO reshaped to (kh·kw·in, out)); training moved every kernel."""
+  out, _ = tiny_cifar_cell
+  workdir = out.parent / "runs" / "resnet20_bort_sgd_seed0"
+  rows = kernel_spectra.run_rows(workdir)
+  config, final = cifar10_explain.restore_final_state(workdir)
+  params = cifar10_explain.initial_state(config).params
+  kernels = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0] if path[-1].key == "kernel"}
+  assert [r["path"] for r in rows] == sorted(kernels) and len(rows) > 4
+  for row in rows:
+    kernel = kernels[row["path"]]
+    assert np.allclose(row["init"], np.linalg.svd(kernel.reshape(-1, kernel.shape[-1]), compute_uv=False), atol=1e-5)
+    assert row["moved"] > 0 and row["step"] == int(final.step) > 0
+  kernel_spectra.main([str(workdir), "--out", str(tmp_path / "spectra.md")])
+  assert (tmp_path / "spectra.md").read_text().count("| resnet20_bort_sgd_seed0 (") == len(rows)
