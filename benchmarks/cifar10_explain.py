@@ -52,7 +52,7 @@ def train_command(model: str, seed: int, runs: pathlib.Path) -> str:
   """The plan's table command for `model`'s cells, with every seed of the cell listed as the table needs."""
   command = TABLE_COMMAND.format(model=model, optimizers=" ".join(o for m, o in CELLS if m == model),
                                  seeds=" ".join(map(str, sorted({0, 1, seed}))))
-  return command if runs.resolve() == DEFAULT_RUNS else f"{command} --workdir {shlex.quote(str(runs))}"
+  return command if runs.resolve() == DEFAULT_RUNS.resolve() else f"{command} --workdir {shlex.quote(str(runs))}"
 
 
 def initial_state(config: ml_collections.ConfigDict) -> train.TrainState:
@@ -189,13 +189,14 @@ def main(argv=None):
                f"c·x̂: x̂ = J(x)ᵀ f(x) from the stage, c the least-squares scale per image, clipped to [0, 1]. "
                f"dB: fitted-scale PSNR, mean over the first {count:,} test images; x̂ = 0 scores {floor:.2f} dB.\n"
                "features: the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens).")
+  shown_runs = os.path.relpath(runs, REPO) if runs.absolute().is_relative_to(REPO) else runs
   notes = [f"Fitted-scale PSNR (dB) of c·x̂, x̂ = J(x)ᵀ f(x) from each stage "
            "(`stage_reconstruction.reconstruction_metrics`), "
            f"mean over the first {count:,} test images; c = 0 (x̂ = 0) scores {floor:.2f} dB on them, the floor. "
            "`features` is the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens after the "
            "last block), whose PSNR is the table's PSNR column.",
-           f"Runs: seed {args.seed} in `{os.path.relpath(runs, REPO) if runs.resolve().is_relative_to(REPO) else runs}`"
-           ", restored from their last checkpoint (`benchmarks/cifar_table.py`)."
+           f"Runs: seed {args.seed} in `{shown_runs}`, restored from their last checkpoint "
+           "(`benchmarks/cifar_table.py`)."
            + (f" Not drawn (no finished run): {', '.join(m.split(':')[0] for m in missing)}." if missing else ""),
            f"Command: `{' '.join(['python -m benchmarks.cifar10_explain', *map(shlex.quote, argv)])}`.",
            f"Data: {table.DATA_NOTES['cifar10']}."]

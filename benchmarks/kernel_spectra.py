@@ -13,6 +13,8 @@ runs differ by more than the constraint's pull during training. Reads the checkp
 
 import argparse
 import pathlib
+import shlex
+import sys
 
 import jax
 import numpy as np
@@ -60,11 +62,15 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("runs", nargs="+", help="Trainer run folders (with config.json and checkpoints/).")
   parser.add_argument("--out", help="Also write the table to this Markdown file.")
+  argv = sys.argv[1:] if argv is None else list(argv)
   args = parser.parse_args(argv)
   lines = table([row for run in args.runs for row in run_rows(pathlib.Path(run))])
   print("\n".join(lines))
   if args.out:
-    pathlib.Path(args.out).write_text("\n".join(lines) + "\n")
+    header = ["# Singular values of the constrained kernels, at init and at each run's last checkpoint", "",
+              f"`python -m benchmarks.kernel_spectra {shlex.join(argv)}` (the step of each run's checkpoint is "
+              "beside its name; `benchmarks/kernel_spectra.py` says what the columns are).", ""]
+    pathlib.Path(args.out).write_text("\n".join(header + lines) + "\n")
 
 
 if __name__ == "__main__":
