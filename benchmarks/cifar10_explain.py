@@ -63,14 +63,28 @@ def initial_state(config: ml_collections.ConfigDict) -> train.TrainState:
   return train.create_train_state(model, tx)[0]
 
 
-def restore_final_state(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, train.TrainState]:
-  """The config a run was trained with (its config.json) and the state of its last checkpoint; reads only."""
-  config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+def read_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The config a run was trained with (its config.json)."""
+  return ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+
+
+def restore_latest(workdir: pathlib.Path, config: ml_collections.ConfigDict,
+                   template: train.TrainState) -> train.TrainState:
+  """The state of the run's last checkpoint, laid out like `template` (its `initial_state`); reads only."""
   checkpointer = checkpointing.Checkpointer(str(workdir / "checkpoints"), every_steps=0, keep=config.keep_checkpoints)
   try:
-    return config, checkpointer.restore_latest(initial_state(config))
+    state = checkpointer.restore_latest(template)
   finally:
     checkpointer.close()
+  if state is None:
+    raise ValueError(f"{workdir} has no checkpoint in {workdir / 'checkpoints'}: train the run first.")
+  return state
+
+
+def restore_final_state(workdir: pathlib.Path) -> tuple[ml_collections.ConfigDict, train.TrainState]:
+  """The config a run was trained with and the state of its last checkpoint; reads only."""
+  config = read_config(workdir)
+  return config, restore_latest(workdir, config, initial_state(config))
 
 
 def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, images: np.ndarray):

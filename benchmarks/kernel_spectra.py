@@ -32,8 +32,9 @@ def singular_values(kernel, view) -> np.ndarray:
 
 def run_rows(workdir: pathlib.Path) -> list[dict]:
   """One row per constrained kernel of the run in `workdir`: spectra at init and at the last checkpoint."""
-  config, final = cifar10_explain.restore_final_state(workdir)
+  config = cifar10_explain.read_config(workdir)
   init = cifar10_explain.initial_state(config)
+  final = cifar10_explain.restore_latest(workdir, config, init)
   views = bort_jax.nnx_views(train.create_model(config, config.num_classes))
   kernels, _ = plan_lib.plan_kernels(init.params, views=views)
   init_leaves, final_leaves = jax.tree.leaves(init.params), jax.tree.leaves(final.params)

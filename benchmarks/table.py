@@ -274,12 +274,13 @@ def main(dataset: str = "mnist"):
     raise ValueError(f"--planned-seeds {args.planned_seeds} has no rows to apply to: give --planned, or --merge / "
                      "--merge-from a table that has a plan.")
   commands = current_commands(commands + [command], parser)
+  write = lambda: table_report.write_table(args.out, args.dataset, results, commands, args, args.seeds, started,
+                                         CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
   if not args.models:
     if args.seeds is None:  # a merge names no seeds: the plan's count, else the seeds the merged runs have
       run = sorted({r["seed"] for runs in results.values() for r in runs})
       args.seeds = list(range(args.planned["seeds"])) if args.planned["cells"] else run
-    table_report.write_table(args.out, args.dataset, results, commands, args, args.seeds, started,
-                               CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
+    write()
   cells = [(m, o) for m in args.models for o in args.optimizers]
   for cell in cells:
     results[cell] = []  # a redone cell starts over (its finished seeds are read back from their records)
@@ -289,8 +290,7 @@ def main(dataset: str = "mnist"):
       results[(model, optimizer)].append(record)
       print(f"{args.dataset} {model} {optimizer} seed {seed}: acc {record['test_accuracy']:.4f} gap "
             f"{record['gap']:.4f} PSNR {record['psnr']:.2f} dB ({record['seconds']:.0f}s)", flush=True)
-      table_report.write_table(args.out, args.dataset, results, commands, args, args.seeds, started,
-                               CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
+      write()
 
 
 if __name__ == "__main__":

@@ -36,13 +36,13 @@ def wanted_seeds(cell, seeds, planned) -> int:
 def verdicts(results: dict) -> list[str]:
   """Each Bort row against its baseline row: above / level / below by the difference of the test means against
   twice its standard error (seeds as samples; `gamma_sweep_report.verdict`)."""
+  accuracy = lambda rows: [r["test_accuracy"] for r in rows]
   lines = []
   for (model, optimizer), runs in results.items():
     base_name = baseline_recipe(optimizer)
     base = results.get((model, base_name))
     if base is None or not runs:
       continue
-    accuracy = lambda rows: [r["test_accuracy"] for r in rows]
     lines.append(f"- {model} {optimizer}: {gamma_sweep_report.verdict(accuracy(runs), accuracy(base), base_name)}; "
                  f"seeds {len(runs)}, {len(base)}.")
   return lines

@@ -15,10 +15,10 @@ Baselines are standard recipes, not tuned here:
 Bort constrains every kernel: patch embedding, attention query/key/value/out, both MLP layers and the head
 (learned tokens are `embedding` leaves, left free). Bort-AdamW fields: l1-full, α = 1, γ = 15, selected by
 `benchmarks/gamma_sweep.py --dataset cifar10 --model vit_tiny` on the held-out validation split (γ ∈ {5, 15, 50,
-150}, 2 epochs, `benchmarks/results/gamma_sweep_cifar10_vit_tiny.md`): no γ held the AdamW baseline's accuracy
-(all ≈ 4 pt below, 27 % at γ = 150), so by the plan's amendment 2 (`benchmarks/results/cifar10_plan.md`) this is
-the γ of the best validation accuracy; the grid was not extended downward, as accuracy did not rise from γ = 15
-to its smallest γ = 5. SGD γ = 0.03 is a prediction (ResNet-20's and the MNIST LeNet-5's choice at this momentum).
+150}, 2 epochs, `benchmarks/results/gamma_sweep_cifar10_vit_tiny.md`): no γ held the AdamW baseline's accuracy,
+so by the plan's amendment 2 (`benchmarks/results/cifar10_plan.md`) this is the γ of the best validation accuracy;
+the grid was not extended downward, as accuracy did not rise from γ = 15 to its smallest γ = 5. SGD γ = 0.03
+is a prediction (ResNet-20's and the MNIST LeNet-5's choice at this momentum).
 
 10 epochs (the issue's minimum; `benchmarks/results/cifar10_plan.md` has the measured speed and the CPU budget),
 float32: bf16 compute was faster for ResNet-20 but slower for the ViT on this CPU (that file's "Precision"

@@ -231,3 +231,8 @@ def test_kernel_spectra_of_the_tiny_cell_against_numpy(tiny_cifar_cell, tmp_path
     assert row["moved"] > 0 and row["step"] == int(final.step) > 0
   kernel_spectra.main([str(workdir), "--out", str(tmp_path / "spectra.md")])
   assert (tmp_path / "spectra.md").read_text().count("| resnet20_bort_sgd_seed0 (") == len(rows)
+  untrained = tmp_path / "untrained"  # a run folder with no checkpoint is an error naming it, not a crash on None
+  untrained.mkdir()
+  (untrained / "config.json").write_text((workdir / "config.json").read_text())
+  with pytest.raises(ValueError, match="untrained has no checkpoint"):
+    kernel_spectra.run_rows(untrained)
