@@ -44,7 +44,7 @@ def verdicts(results: dict) -> list[str]:
     if base is None or not runs:
       continue
     lines.append(f"- {model} {optimizer}: {gamma_sweep_report.verdict(accuracy(runs), accuracy(base), base_name)}; "
-                 f"seeds {len(runs)}, {len(base)}.")
+                 f"seeds: {len(runs)} {optimizer}, {len(base)} {base_name}.")
   return lines
 
 

@@ -116,9 +116,9 @@ def test_verdicts_compare_each_bort_row_with_its_baseline():
              ("resnet20", "dbort_sgd"): runs(0.51, 0.53), ("vit_tiny", "adamw"): runs(0.4, 0.42),
              ("vit_tiny", "bort_adamw"): runs(0.3)}
   assert table_report.verdicts(results) == [
-      "- resnet20 bort_sgd: above sgd (+5.00 pt, +3.5 standard errors of 1.41 pt); seeds 2, 2.",
-      "- resnet20 dbort_sgd: level with sgd (+1.00 pt, +0.7 standard errors of 1.41 pt); seeds 2, 2.",
-      "- vit_tiny bort_adamw: not yet measured (fewer than 2 seeds); seeds 1, 2."]
+      "- resnet20 bort_sgd: above sgd (+5.00 pt, +3.5 standard errors of 1.41 pt); seeds: 2 bort_sgd, 2 sgd.",
+      "- resnet20 dbort_sgd: level with sgd (+1.00 pt, +0.7 standard errors of 1.41 pt); seeds: 2 dbort_sgd, 2 sgd.",
+      "- vit_tiny bort_adamw: not yet measured (fewer than 2 seeds); seeds: 1 bort_adamw, 2 adamw."]
 
 
 def test_budget_counts_the_table_and_the_sweeps_beside_it(tmp_path):
