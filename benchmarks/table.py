@@ -16,10 +16,11 @@ on the same batch, interleaved, which gives Bort's per-step overhead under the s
 
 Runs are resumable: each trains in `--workdir/<model>_<optimizer>_seed<seed>` (default `runs/<out stem>/`)
 with the trainer's checkpoints, a killed run continues from its last checkpoint, and a finished run's record
-(`record.json` there) is read instead of retraining. The table (and its .json) is rewritten after every
-finished run; cells with fewer seeds than asked are marked "in progress", and so is the table until every row
-of `--planned` (kept in the .json) has `--planned-seeds` seeds. Data: `--data-dir` or
-$BORT_DATA_DIR (`<dataset>.npz`), default `../shared/data` beside the repository.
+(`record.json` there) is read instead of retraining; seeds of a cell that a command does not list keep their
+records (from `--merge` / `--merge-from`, merged seed by seed) if trained with the same epochs and settings. The
+table (and its .json) is rewritten after every finished run; cells with fewer seeds than asked are marked "in
+progress", and so is the table until every row of `--planned` (kept in the .json) has `--planned-seeds` seeds.
+Data: `--data-dir` or $BORT_DATA_DIR (`<dataset>.npz`), default `../shared/data` beside the repository.
 """
 
 import argparse
@@ -177,22 +178,38 @@ def _cell(text: str) -> tuple[str, str]:
   return tuple(text.split("/"))
 
 
-def current_commands(commands: list[str], parser: argparse.ArgumentParser) -> list[str]:
-  """``commands`` without those whose every (model, optimizer) cell a later command ran again, and without
-  merge-only ones (their merged commands are listed); the last command always stays."""
-  cells = []
+def current_commands(commands: list[str], parser: argparse.ArgumentParser, results: dict) -> list[str]:
+  """The ``commands`` that made a record still in ``results``. Each recorded (cell, seed) is credited to the command
+  covering the most recorded ones (the later one on a tie), so the order in which parallel tables were merged does
+  not matter; merge-only commands are dropped, commands this version cannot parse kept; the last always stays."""
+  recorded = {(m, o, r["seed"]) for (m, o), runs in results.items() for r in runs}
+  covered = []
   for command in commands:
     try:
       args = resolve(parser.parse_args(shlex.split(command)))
-      cells.append({(m, o) for m in args.models for o in args.optimizers})
+      covered.append({(m, o, s) for m in args.models for o in args.optimizers for s in args.seeds} & recorded)
     except (ValueError, SystemExit):   # written by an older version of this script: its cells are unknown, kept
-      cells.append({("?", command)})
-  kept = []
-  for i, command in enumerate(commands):
-    redone = set().union(*cells[i + 1:])
-    if i == len(commands) - 1 or (cells[i] and not cells[i] <= redone):
-      kept.append(command)
-  return kept
+      covered.append(None)
+  kept, credited = set(), set()
+  for i in sorted(range(len(commands)), key=lambda i: (-len(covered[i] or ()), -i)):
+    if covered[i] is None or i == len(commands) - 1 or covered[i] - credited:
+      kept.add(i)
+      credited |= covered[i] or set()
+  return [command for i, command in enumerate(commands) if i in kept]
+
+
+def merge_runs(results: dict, other: dict, source: str):
+  """Adds the records of `other` (the cells of the table `source`) to `results`, seed by seed. A seed recorded
+  differently in both (another recipe, epoch count or result) is a ValueError naming it."""
+  identity = lambda r: {k: r[k] for k in ("epochs", "settings", "test_accuracy")}
+  for cell, runs in other.items():
+    by_seed = {r["seed"]: r for r in results.get(cell, [])}
+    for run in runs:
+      kept = by_seed.setdefault(run["seed"], run)
+      if identity(kept) != identity(run):
+        raise ValueError(f"--merge-from {source}: {'/'.join(cell)} seed {run['seed']} is recorded differently in "
+                         f"two merged tables ({identity(kept)} and {identity(run)}); merge only one of them.")
+    results[cell] = sorted(by_seed.values(), key=lambda r: r["seed"])
 
 
 def _parser(dataset: str = "mnist") -> argparse.ArgumentParser:
@@ -263,7 +280,7 @@ def main(dataset: str = "mnist"):
   plans = [saved_plan]
   for path in args.merge_from:
     other_results, other_commands, other_plan = _load_previous(path, args.epochs_of)
-    results.update(other_results)
+    merge_runs(results, other_results, path)
     commands += [c for c in other_commands if c not in commands]
     plans.append(other_plan)
   plans = [plan for plan in plans if plan]
@@ -273,21 +290,33 @@ def main(dataset: str = "mnist"):
   if args.planned_seeds and not args.planned["cells"]:
     raise ValueError(f"--planned-seeds {args.planned_seeds} has no rows to apply to: give --planned, or --merge / "
                      "--merge-from a table that has a plan.")
-  commands = current_commands(commands + [command], parser)
-  write = lambda: table_report.write_table(args.out, args.dataset, results, commands, args, args.seeds, started,
-                                         CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
+  commands.append(command)
+
+  def write():
+    seeds = sorted(set(args.seeds) | {r["seed"] for runs in results.values() for r in runs})
+    table_report.write_table(args.out, args.dataset, results, current_commands(commands, parser, results), args,
+                             seeds, started, CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
+
   if not args.models:
     if args.seeds is None:  # a merge names no seeds: the plan's count, else the seeds the merged runs have
       run = sorted({r["seed"] for runs in results.values() for r in runs})
       args.seeds = list(range(args.planned["seeds"])) if args.planned["cells"] else run
     write()
   cells = [(m, o) for m in args.models for o in args.optimizers]
-  for cell in cells:
-    results[cell] = []  # a redone cell starts over (its finished seeds are read back from their records)
+  for model, optimizer in cells:  # the seeds run are read back from their records or trained; others are kept
+    epochs = args.epochs_of[model]
+    recipe = (epochs, _settings(make_config(args.dataset, model, optimizer, epochs, args)))
+    earlier = results.get((model, optimizer), [])
+    results[(model, optimizer)] = [r for r in earlier if r["seed"] not in args.seeds
+                                   and (r["epochs"], r["settings"]) == recipe]
+    dropped = [r["seed"] for r in earlier if r["seed"] not in args.seeds and r not in results[(model, optimizer)]]
+    if dropped:
+      print(f"{model} {optimizer}: seeds {dropped} dropped from the table: recorded with other epochs or settings "
+            f"than this command's ({recipe[0]} epochs, {recipe[1]}).", flush=True)
   for model, optimizer in cells:
     for seed in args.seeds:
       record = run_seed(args.dataset, model, optimizer, args.epochs_of[model], seed, args)
-      results[(model, optimizer)].append(record)
+      results[(model, optimizer)] = sorted(results[(model, optimizer)] + [record], key=lambda r: r["seed"])
       print(f"{args.dataset} {model} {optimizer} seed {seed}: acc {record['test_accuracy']:.4f} gap "
             f"{record['gap']:.4f} PSNR {record['psnr']:.2f} dB ({record['seconds']:.0f}s)", flush=True)
       write()

@@ -137,16 +137,62 @@ def test_budget_counts_the_table_and_the_sweeps_beside_it(tmp_path):
   assert "sweeps (`cifar10_plan.md` beside this file);" in line and line.endswith("= 3.5 h, within the budget.")
 
 
-def test_only_commands_that_still_own_a_cell_are_listed():
+def test_only_commands_that_made_a_recorded_seed_are_listed():
+  """A command is listed while it covers a recorded (cell, seed) that no command covering more recorded ones
+  covers, whatever the order of the list (tables merged from parallel runs come in any order)."""
   commands = ["--dataset mnist --out t.md --models lenet5 --optimizers sgd bort_sgd",
               "--dataset mnist --out t.md --models mlp",
               "--dataset mnist --out t.md --merge-from other.json --models",
               "--dataset mnist --out t.md --models lenet5 --optimizers bort_sgd --bad-option",
               "--dataset mnist --out t.md --merge --models lenet5 --optimizers sgd bort_sgd adamw",
               "--dataset mnist --out t.md --merge --models mlp --optimizers sgd"]
-  assert mnist_table.current_commands(commands, mnist_table._parser()) == [commands[1], commands[3], commands[4],
-                                                                           commands[5]]
-  assert mnist_table.current_commands(commands[:3], mnist_table._parser()) == commands[:3]
+  seeds = [{"seed": s} for s in (0, 1, 2)]
+  results = {("mlp", o): seeds for o in table.OPTIMIZERS} | {("lenet5", o): seeds for o in ("sgd", "bort_sgd", "adamw")}
+  listed = lambda commands: mnist_table.current_commands(commands, mnist_table._parser(), results)
+  assert listed(commands) == [commands[1], commands[3], commands[4], commands[5]]
+  assert listed(commands[:3]) == commands[:3]
+  one_seed = "--dataset mnist --out t.md --models lenet5 --optimizers sgd --seeds 0"
+  both_seeds = "--dataset mnist --out t.md --models lenet5 --optimizers sgd --seeds 0 1"
+  merge = "--dataset mnist --out t.md --models"
+  assert listed([both_seeds, one_seed, merge]) == listed([one_seed, both_seeds, merge]) == [both_seeds, merge]
+
+
+def test_merged_tables_join_seed_by_seed_and_a_command_keeps_the_seeds_it_does_not_list(tmp_path, monkeypatch,
+                                                                                         capsys):
+  """Two parallel tables holding one cell (one with seed 0, one with seeds 0 and 1) merge to seeds 0 and 1 in either
+  order; the same seed recorded differently is a ValueError naming it. A command running seed 2 keeps seeds 0 and
+  1 of its recipe and drops a seed recorded with other settings, saying so."""
+  run = lambda seed, acc=0.5, settings="lr=0.1": {"seed": seed, "test_accuracy": acc, "gap": 0.1, "psnr": 12.0,
+                                                  "seconds": 60.0, "epochs": 10, "settings": settings}
+  stale, full = tmp_path / "stale.json", tmp_path / "full.json"
+  stale.write_text(json.dumps({"commands": ["--out t.md --models resnet20 --optimizers sgd --seeds 0"],
+                               "runs": {"resnet20/sgd": [run(0)]}}))
+  full.write_text(json.dumps({"commands": ["--out t.md --models resnet20 --optimizers sgd --seeds 0 1"],
+                              "runs": {"resnet20/sgd": [run(0), run(1, 0.6)]}}))
+  for order in ((full, stale), (stale, full)):
+    out = tmp_path / "merged.md"
+    _run(monkeypatch, "--out", str(out), "--merge-from", *map(str, order), "--models", script=cifar_table)
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert [r["seed"] for r in saved["runs"]["resnet20/sgd"]] == [0, 1]
+    assert saved["commands"][0].endswith("--seeds 0 1") and len(saved["commands"]) == 2
+  other = tmp_path / "other.json"
+  other.write_text(json.dumps({"commands": [], "runs": {"resnet20/sgd": [run(1, 0.7)]}}))
+  with pytest.raises(ValueError, match="resnet20/sgd seed 1 is recorded differently"):
+    _run(monkeypatch, "--out", str(out), "--merge-from", str(full), str(other), "--models", script=cifar_table)
+
+  settings = table._settings(table.make_config("cifar10", "resnet20", "sgd", 10, table.resolve(
+      table._parser("cifar10").parse_args(["--out", "t.md"]))))
+  kept = tmp_path / "kept.md"
+  kept.with_suffix(".json").write_text(json.dumps({"commands": [], "runs": {
+      "resnet20/sgd": [run(0, settings=settings), run(1, settings="lr=0.2")]}}))
+  trained = lambda dataset, model, optimizer, epochs, seed, args: run(seed, 0.8, settings)
+  monkeypatch.setattr(table, "run_seed", trained)
+  _run(monkeypatch, "--out", str(kept), "--merge", "--models", "resnet20", "--optimizers", "sgd", "--seeds", "2",
+       script=cifar_table)
+  runs = json.loads(kept.with_suffix(".json").read_text())["runs"]["resnet20/sgd"]
+  assert [(r["seed"], r["test_accuracy"]) for r in runs] == [(0, 0.5), (2, 0.8)]
+  assert "over seeds [0, 2]" in kept.read_text()
+  assert "resnet20 sgd: seeds [1] dropped from the table: recorded with other epochs" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +253,7 @@ def test_cifar10_explain_draws_every_stage_of_the_finished_cells(tiny_cifar_cell
   assert psnrs[-1] == round(run["psnr"], 2)
   printed = capsys.readouterr().out
   assert f"vit_tiny adamw: no finished run in {runs / 'vit_tiny_adamw_seed0'}" in printed
-  assert "--models vit_tiny --optimizers adamw bort_adamw --seeds 0 1 --workdir" in printed
+  assert "--models vit_tiny --optimizers adamw bort_adamw --seeds 0 --workdir" in printed
 
   with pytest.raises(SystemExit, match="no finished CIFAR-10 table run of seed 1") as stop:
     cifar10_explain.main(["--runs", str(runs), "--out", str(figure), "--seed", "1"])
