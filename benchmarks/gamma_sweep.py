@@ -20,10 +20,12 @@ epoch checkpoint in `--workdir`):
    settings, `--tolerance`; see `benchmarks/gamma_sweep_report.py`) retrained on the whole training split
    with `--seeds` (default 0 1 2) and scored on the test split.
 4. `report`: `gamma_sweep_<dataset>_<model>.md` and `.png` (`benchmarks/gamma_sweep_report.py`). Every other
-   stage rewrites both after each finished setting. `all` runs the four in order.
+   stage rewrites both after each finished setting. `all` runs the four in order. The CIFAR-10 models have no
+   `final` stage (`all`: baselines, bort, report): their test-split comparison is `benchmarks/cifar_table.py`.
 
 Every run goes through `examples.train.train_and_evaluate` (the example trainer: same data pipeline,
-cosine schedule after a linear warmup of min(0.5, epochs/4) epochs, batch 128, float32, no augmentation).
+cosine schedule after a linear warmup of min(0.5, epochs/4) epochs, batch 128, float32, the model config's
+augmentation: none for the MNIST models, pad-crop and flip for the CIFAR ones).
 Records from other machines or processes merge with `--merge-from OTHER.jsonl ...` (settings not yet here
 are appended); only records with this invocation's epoch budget, batch size and `--train-limit` are read.
 
@@ -69,6 +71,7 @@ from benchmarks import gamma_sweep_report as report
 from benchmarks import jsonl_records
 from benchmarks import stage_reconstruction
 from examples import data as data_lib
+from examples import metrics_io
 from examples import train
 from examples.configs import cifar10_resnet20
 from examples.configs import cifar10_vit_tiny
@@ -148,10 +151,6 @@ class Setting:
   def dirname(self) -> str:
     return self.key.replace(" ", "_").replace("=", "")
 
-  def hyperparameters(self) -> dict:
-    """The optimizer's settings, as compared across stages (a final run re-uses a sweep setting's)."""
-    return {k: getattr(self, k) for k in ("optimizer", "learning_rate", "weight_decay", "gamma", "alpha", "mode")}
-
 
 # ----------------------------------------------------------------------------------------------- runs
 
@@ -213,7 +212,9 @@ class Sweep:
       return ""
     return ("Baselines: the config's standard recipe (one grid point, not tuned); the test-split comparison is "
             "`benchmarks/cifar_table.py` (`benchmarks/results/cifar10_plan.md`). The shared `cifar10.npz` is a "
-            "JPEG-compressed copy: these numbers check the pipeline and the selection, they are not publishable.")
+            "JPEG-compressed copy: these numbers check the pipeline and the selection, they are not publishable. "
+            "The raw PSNR columns use scale 1 (residual paths leave 1/∏α undefined), so they measure nothing: read "
+            "the fitted-scale PSNR.")
 
   @property
   def feature_layer(self) -> str:
@@ -291,9 +292,10 @@ class Sweep:
     print(f"{self.name}: {len(settings) - len(todo)} of {len(settings)} settings already finished, "
           f"{len(todo)} to run", flush=True)
     for i, setting in enumerate(todo, 1):
-      record = run_setting(setting, self.cli_model, self.workdir / self.name, self.data_dir, self.command,
-                           keep_workdir=self.keep_workdirs)
+      record = run_setting(setting, self.cli_model, self.workdir / self.name, self.data_dir, self.command)
       jsonl_records.append_record(self.jsonl, record)
+      if not self.keep_workdirs:  # only once recorded: a kill before the record resumes from the checkpoints
+        shutil.rmtree(self.workdir / self.name / setting.dirname, ignore_errors=True)
       split = "val" if setting.split == HOLDOUT else "test"
       print(f"[{i}/{len(todo)}] {setting.key}: {split} acc {record[f'{split}_accuracy']:.4f} gap "
             f"{record['gap']:.4f} PSNR {record[f'{split}_psnr']:.2f} fitted {record[f'{split}_psnr_fitted']:.2f} dB "
@@ -318,11 +320,10 @@ def make_config(setting: Setting, cli_model: str) -> ml_collections.ConfigDict:
 
 
 def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_dir: str | None,
-                command: str = "", keep_workdir: bool = False) -> dict:
+                command: str = "") -> dict:
   """Trains one setting with `examples.train.train_and_evaluate` and returns its record."""
   config = make_config(setting, cli_model)
   run_dir = workdir / setting.dirname
-  start = time.time()
   state, results = train.train_and_evaluate(config, str(run_dir), resume=True, data_dir=data_dir)
   if results["status"] == "diverged":  # no accuracy to record: say so and stop rather than log a fake number
     raise SystemExit(f"{setting.key}: {results['diverged']['message']} Drop this setting from the sweep grid.")
@@ -334,10 +335,10 @@ def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_di
       "key": setting.key, f"{split}_accuracy": results["test_accuracy"], f"{split}_loss": results["test_loss"],
       f"{split}_count": int(len(eval_labels)), "train_accuracy": results["train_accuracy"],
       "gap": results["mean_offdiag_gap"], f"{split}_psnr": last["psnr"], f"{split}_psnr_fitted": last["psnr_fitted"],
-      f"{split}_reconstruction": recon, "seconds": time.time() - start, "command": command,
+      f"{split}_reconstruction": recon, "command": command,
+      # the trainer's per-epoch seconds, also those of processes cut before this one (the table counts the same)
+      "seconds": sum(r["seconds"] for r in metrics_io.MetricsLog(str(run_dir / "metrics.jsonl")).read()),
       "jax": jax.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-  if not keep_workdir:
-    shutil.rmtree(run_dir, ignore_errors=True)
   return record
 
 
@@ -417,7 +418,11 @@ def main(argv=None):
   if args.merge_from:
     merged = jsonl_records.merge_records(sweep.jsonl, map(pathlib.Path, args.merge_from))
     print(f"merged {merged} record(s) into {sweep.jsonl}")
-  stages = ("baselines", "bort", "final") if args.stage == "all" else (args.stage,)
+  validation_only = args.model in CIFAR_MODELS  # tested by benchmarks/cifar_table.py, never by the sweep
+  if validation_only and args.stage == "final":
+    raise SystemExit(f"--stage final is not accepted for --model {args.model}; accepted values: baselines, bort, "
+                     "report, all (its test-split runs are benchmarks/cifar_table.py's).")
+  stages = ("baselines", "bort") + (() if validation_only else ("final",)) if args.stage == "all" else (args.stage,)
   for stage in stages:
     if stage == "baselines":
       sweep.run_all(sweep.baseline_settings())

@@ -18,6 +18,7 @@ import typing
 
 import jax
 import numpy as np
+import scipy.stats
 
 if typing.TYPE_CHECKING:  # gamma_sweep imports this module at load time; only type checkers import it back
   from benchmarks.gamma_sweep import Sweep
@@ -100,13 +101,16 @@ def _describe(record: dict) -> str:
 
 
 def mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
-  """mean ± std (ddof 1) with ``digits`` decimals; in scientific notation where the mean would print as 0."""
+  """mean ± std (ddof 1) with ``digits`` decimals, "mean (1 seed)" for one value (no spread to show); in
+  scientific notation where the mean would print as 0."""
   values = scale * np.asarray(values, float)
   if not len(values):
     return "—"
-  mean, std = values.mean(), values.std(ddof=1) if len(values) > 1 else 0.0
+  mean = values.mean()
   form = ".1e" if 0 < abs(mean) < 0.5 * 10.0 ** -digits else f".{digits}f"
-  return f"{mean:{form}} ± {std:{form}}"
+  if len(values) == 1:
+    return f"{mean:{form}} (1 seed)"
+  return f"{mean:{form}} ± {values.std(ddof=1):{form}}"
 
 
 def final_runs(records: Sequence[dict], record: dict) -> list[dict]:
@@ -123,12 +127,24 @@ def compare(test_bort: Sequence[float], test_base: Sequence[float]) -> tuple[str
 
 
 def verdict(test_bort: Sequence[float], test_base: Sequence[float], baseline: str = "the tuned baseline") -> str:
-  """"above" / "level with" / "below" ``baseline``, with the difference in points and in standard errors."""
+  """"above" / "level with" / "below" ``baseline``, with the difference in points and in standard errors, and the
+  two-sided p-value of Welch's t-test (the rule's "above" / "below" is not a significance test at few seeds)."""
   if len(test_bort) < 2 or len(test_base) < 2:
     return "not yet measured (fewer than 2 seeds)"
   word, diff, se = compare(test_bort, test_base)
-  errors = f"{diff / se:+.1f} standard errors of {100 * se:.2f} pt" if se > 0 else "standard error 0"
-  return f"{'level with' if word == 'level' else word} {baseline} ({100 * diff:+.2f} pt, {errors})"
+  if se == 0:
+    return f"{'level with' if word == 'level' else word} {baseline} ({100 * diff:+.2f} pt, standard error 0)"
+  p = scipy.stats.ttest_ind(test_bort, test_base, equal_var=False).pvalue
+  return (f"{'level with' if word == 'level' else word} {baseline} ({100 * diff:+.2f} pt, {diff / se:+.1f} standard "
+          f"errors of {100 * se:.2f} pt, Welch p = {p:.2f})")
+
+
+def rule_note(seeds: int) -> str:
+  """How often the 2-standard-error rule calls a pair "above" or "below" without a true difference, with `seeds`
+  seeds in both rows (Welch's t at equal variances: 2(seeds - 1) degrees of freedom)."""
+  chance = 2 * scipy.stats.t.sf(2.0, 2 * (seeds - 1))
+  return (f"With {seeds} seeds a row, pairs without a true difference fall outside twice the standard error "
+          f"{100 * chance:.0f} % of the time (Welch's t, {2 * (seeds - 1)} degrees of freedom): read the p-value.")
 
 
 def held_gammas(records: Sequence[dict], chosen: dict, psnr_metric: str,
@@ -205,7 +221,7 @@ def write_report(sweep: "Sweep"):
                         f"{verdict(acc, base_acc)}.")
   lines += ["", "## Verdict", "",
             "Above / level / below: the difference of the test means against twice its standard error "
-            "(seeds as samples).", ""] + (verdicts or ["- no final runs yet."])
+            f"(seeds as samples). {rule_note(len(sweep.seeds))}", ""] + (verdicts or ["- no final runs yet."])
   lines += ["", f"γ ranges (validation): accuracy held = validation accuracy ≥ the tuned baseline's minus the "
             "tolerance; PSNR rises = "
             f"{metric_name} PSNR more than 0.5 dB above the baseline's.", ""]

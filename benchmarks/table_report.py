@@ -79,7 +79,9 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
   compared = verdicts(results)
   if compared:
     lines += ["", "Bort against its baseline (test accuracy; level: the difference of the means within twice its "
-              "standard error, seeds as samples). The papers' claim is that Bort improves accuracy.", "", *compared]
+              "standard error, seeds as samples; p: Welch's two-sided t-test). "
+              f"{gamma_sweep_report.rule_note(max(2, len(seeds)))} "
+              "The papers' claim is that Bort improves accuracy.", "", *compared]
   if not_run:
     lines += ["", f"Planned rows not yet run ({planned['seeds']} seeds each): "
               + ", ".join(f"{m} {o}" for m, o in not_run) + "."]

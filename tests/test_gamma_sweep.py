@@ -155,6 +155,8 @@ def test_tiny_sweep_writes_table_and_plot_and_resumes(data_dir, tmp_path, monkey
   assert len(lines) == len(calls)
   records = [json.loads(line) for line in lines]
   assert all("test_accuracy" not in r for r in records if r["stage"] != "final")
+  assert all(r["seconds"] > 0 for r in records)  # the trainer's epoch seconds
+  assert not any((tmp_path / "runs").rglob("metrics.jsonl"))  # run folders go once their record is written
   assert all(np.isfinite(r["gap"]) and np.isfinite(r.get("val_psnr", r.get("test_psnr"))) for r in records)
   md = (tmp_path / "gamma_sweep_mnist_mlp.md").read_text()
   assert "## Selected settings (train → test)" in md and "tuned baseline" in md
@@ -191,6 +193,19 @@ def test_cifar_sweeps_take_the_standard_baseline_and_four_gammas_around_the_conf
   assert (config.dataset, config.model, config.eval_split, config.augment) == ("cifar10", model, "holdout", "cifar")
   with pytest.raises(SystemExit, match="not accepted with --dataset mnist"):
     gs.sweep_from_args(gs.parse_args(["--dataset", "mnist", "--model", model]), "")
+
+
+def test_cifar_sweeps_have_no_test_split_stage(monkeypatch, tmp_path):
+  """A CIFAR model's `all` runs the validation stages and the report only; `final` is refused, naming the table."""
+  ran = []
+  monkeypatch.setattr(gs.Sweep, "run_all", lambda self, settings: ran.append([s.stage for s in settings]))
+  monkeypatch.setattr(gs.Sweep, "bort_settings", lambda self, records: [])
+  monkeypatch.setattr(gs.report, "write_report", lambda sweep: None)
+  argv = ["--dataset", "cifar10", "--model", "resnet20", "--out", str(tmp_path), "--workdir", str(tmp_path)]
+  gs.main(argv)
+  assert ran == [["baselines"], []]  # baselines and bort (stubbed empty), no final
+  with pytest.raises(SystemExit, match="--stage final is not accepted for --model resnet20.*cifar_table"):
+    gs.main(argv + ["--stage", "final"])
 
 
 @pytest.mark.parametrize("model,kwargs,stages", [

@@ -41,7 +41,7 @@ def test_tiny_cell_trains_with_the_example_trainer(tmp_path, monkeypatch):
   [run] = json.loads(out.with_suffix(".json").read_text())["runs"]["mlp/sgd"]
   assert set(run) == {"seed", "test_accuracy", "gap", "psnr", "seconds", "epochs", "settings", "step_seconds"}
   assert run["test_accuracy"] > 0.2 and run["gap"] > 0  # chance: 0.1
-  assert cells[3] == f"{100 * run['test_accuracy']:.2f} ± 0.00"
+  assert cells[3] == f"{100 * run['test_accuracy']:.2f} (1 seed)"
 
 
 def test_committed_tables_merge_unchanged(tmp_path, monkeypatch):
@@ -110,14 +110,17 @@ def test_a_table_is_in_progress_until_every_planned_row_has_its_seeds(tmp_path, 
 
 def test_verdicts_compare_each_bort_row_with_its_baseline():
   """Difference of the means against twice its standard error: sd 1.41 pt per row of 2 seeds gives an error of
-  1.41 pt, so +5 pt is 3.5 errors (above) and +1 pt is level; a row of 1 seed is not yet measured."""
+  1.41 pt, so +5 pt is 3.5 errors (above) and +1 pt is level; a row of 1 seed is not yet measured. Welch's p at
+  2 degrees of freedom is 1 - t / sqrt(2 + t²): 0.07 at t = 5 / √2, 0.55 at t = 1 / √2."""
   runs = lambda *accs: [{"test_accuracy": a} for a in accs]
   results = {("resnet20", "sgd"): runs(0.50, 0.52), ("resnet20", "bort_sgd"): runs(0.55, 0.57),
              ("resnet20", "dbort_sgd"): runs(0.51, 0.53), ("vit_tiny", "adamw"): runs(0.4, 0.42),
              ("vit_tiny", "bort_adamw"): runs(0.3)}
   assert table_report.verdicts(results) == [
-      "- resnet20 bort_sgd: above sgd (+5.00 pt, +3.5 standard errors of 1.41 pt); seeds: 2 bort_sgd, 2 sgd.",
-      "- resnet20 dbort_sgd: level with sgd (+1.00 pt, +0.7 standard errors of 1.41 pt); seeds: 2 dbort_sgd, 2 sgd.",
+      "- resnet20 bort_sgd: above sgd (+5.00 pt, +3.5 standard errors of 1.41 pt, Welch p = 0.07); "
+      "seeds: 2 bort_sgd, 2 sgd.",
+      "- resnet20 dbort_sgd: level with sgd (+1.00 pt, +0.7 standard errors of 1.41 pt, Welch p = 0.55); "
+      "seeds: 2 dbort_sgd, 2 sgd.",
       "- vit_tiny bort_adamw: not yet measured (fewer than 2 seeds); seeds: 1 bort_adamw, 2 adamw."]
 
 
