@@ -91,7 +91,7 @@ def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, imag
   built = stage_reconstruction.feature_reconstruction(config, state)
   psnr = stage_reconstruction.reconstruction_metrics(config, state, images, built)
   params, features_fns, scales_fn, std = built
-  mean = jnp.asarray(data_lib.normalization(config.dataset).mean, jnp.float32)
+  mean = jnp.asarray(train.input_normalization(config).mean, jnp.float32)
 
   @jax.jit
   def fitted_reconstructions(params, x):  # x: normalized images, as in reconstruction_metrics
@@ -102,14 +102,14 @@ def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, imag
       shown[stage] = jnp.clip(reconstruction.fitted_scale(pixels, x_hat) * x_hat + mean, 0.0, 1.0)
     return shown
 
-  x = train.normalize_images(jnp.asarray(images[:SHOWN]), data_lib.normalization(config.dataset))
+  x = train.normalize_images(jnp.asarray(images[:SHOWN]), train.input_normalization(config))
   shown = jax.device_get(fitted_reconstructions(params, x))
   return {stage: (shown[stage], psnr[stage]["psnr_fitted"]) for stage in psnr}
 
 
 def zero_reconstruction_psnr(config: ml_collections.ConfigDict, images: np.ndarray) -> float:
   """PSNR of x̂ = 0 (c = 0, which the fitted scale can always choose) on the PSNR images: the fitted PSNR's floor."""
-  mean = np.asarray(data_lib.normalization(config.dataset).mean)
+  mean = np.asarray(train.input_normalization(config).mean)
   centred = images[:stage_reconstruction.NUM_RECONSTRUCTED] / 255.0 - mean
   return float(np.mean(reconstruction.reconstruction_errors(jnp.asarray(centred), jnp.zeros(centred.shape))[1]))
 

@@ -4,11 +4,11 @@
         runs/cifar10_table/vit_tiny_bort_adamw_seed0 [--out benchmarks/results/FILE.md]
 
 For each trainer run folder (a `benchmarks.table` run, or any `examples.main` workdir with checkpoints) and each
-kernel Bort constrains there (`nnx_views` of the run's model): the smallest, median and largest singular value of
-its matrix view (fan_in × out, stacked layers together) at init — the run's config and seed rebuilt — and at its
-last checkpoint, and the relative distance ‖W − W₀‖_F / ‖W₀‖_F. Bort with α = 1 drives every singular value of the
-constrained side to 1; a baseline whose spectra stay at init's trains near its random initialization, so the two
-runs differ by more than the constraint's pull during training. Reads the checkpoints only.
+kernel Bort constrains there (`nnx_views` of the run's model, its config's `bort_rules`): the smallest, median and
+largest singular value of its matrix view (fan_in × out, stacked layers together) at init — the run's config and
+seed rebuilt — and at its last checkpoint, and the relative distance ‖W − W₀‖_F / ‖W₀‖_F. Bort with α = 1 drives
+every singular value of the constrained side to 1; a baseline whose spectra stay at init's trains near its random
+initialization, so the two runs differ by more than the constraint's pull during training. Reads the checkpoints only.
 """
 
 import argparse
@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks import cifar10_explain
 import bort_jax
 from bort_jax._src import plan as plan_lib
+from examples import optimizers
 from examples import train
 
 
@@ -36,7 +37,7 @@ def run_rows(workdir: pathlib.Path) -> list[dict]:
   init = cifar10_explain.initial_state(config)
   final = cifar10_explain.restore_latest(workdir, config, init)
   views = bort_jax.nnx_views(train.create_model(config, config.num_classes))
-  kernels, _ = plan_lib.plan_kernels(init.params, views=views)
+  kernels, _ = plan_lib.plan_kernels(init.params, rules=optimizers.bort_rules(config), views=views)
   init_leaves, final_leaves = jax.tree.leaves(init.params), jax.tree.leaves(final.params)
   rows = []
   for kernel in kernels:

@@ -31,13 +31,15 @@ def feature_reconstruction(config: ml_collections.ConfigDict, state: train.Train
   """The trained model's features at every depth, in forward order, for `bort_jax.explain.reconstruction`.
 
   Returns (params, {depth name: features_fn(params, pixels)}, scales_fn(params) -> {depth name: scale}, std):
-  `pixels` are the normalized images the model sees times `std` (pixels minus the mean), and the scales turn
+  `pixels` are the normalized images the model sees times `std` (pixels minus the mean; `train.input_normalization`,
+  so mean 0 and std 1 with `config.normalize=False`), and the scales turn
   J(x)ᵀ f(x) into x̂ in those units. MNIST models: the ReLU outputs of the layers in `FEATURE_LAYERS`, read from
   the model's sown pre-activations (`capture=True`, the DBort hook), scale 1/∏α of those layers. ResNet / ViT:
   the model's `features` at each of its `feature_stages()`, scale 1, so only a fitted-scale PSNR is meaningful.
   """
-  stats = data_lib.normalization(config.dataset)
-  model = models_lib.create_model(config.model, num_classes=10, rngs=nnx.Rngs(0), use_bias=config.use_bias,
+  stats = train.input_normalization(config)
+  num_classes = config.num_classes or data_lib.num_classes(config.dataset, config.data_dir or None)
+  model = models_lib.create_model(config.model, num_classes=num_classes, rngs=nnx.Rngs(0), use_bias=config.use_bias,
                                   capture=True, **dict(config.model_kwargs))
   model.eval()
   graph = nnx.split(model, nnx.Param, ...)[0]
@@ -79,7 +81,7 @@ def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.Train
   def measure(params, x):
     return reconstruction.reconstruction_by_depth(features_fns, params, x * std, scales_fn(params))
 
-  x = train.normalize_images(jnp.asarray(images[:NUM_RECONSTRUCTED]), data_lib.normalization(config.dataset))
+  x = train.normalize_images(jnp.asarray(images[:NUM_RECONSTRUCTED]), train.input_normalization(config))
   parts = [jax.device_get(measure(params, x[i:i + RECONSTRUCTION_BATCH]))
            for i in range(0, len(x), RECONSTRUCTION_BATCH)]
   sizes = [min(RECONSTRUCTION_BATCH, len(x) - i) for i in range(0, len(x), RECONSTRUCTION_BATCH)]

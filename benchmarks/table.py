@@ -73,12 +73,21 @@ def make_config(dataset: str, model: str, optimizer: str, epochs: int, args) -> 
                      num_classes=10,  # all --dataset choices have 10
                      warmup_epochs=min(config.warmup_epochs or 0.5, epochs / 4)))
   for override in args.set:
-    key, value = override.split("=", 1)
-    scope, field = key.split(".", 1) if "." in key else (None, key)
+    scope, field, value = _override(override)
     if scope in (None, model, optimizer):
       config[field] = _parse_value(value, config[field])
   train.validate(config)
   return config
+
+
+def _override(text: str) -> tuple[str | None, str, str]:
+  """(scope or None, field, value) of a --set FIELD=VALUE / SCOPE.FIELD=VALUE."""
+  if "=" not in text:
+    raise ValueError(f"--set {text!r} is not accepted; accepted values: FIELD=VALUE, OPTIMIZER.FIELD=VALUE or "
+                     "MODEL.FIELD=VALUE.")
+  key, value = text.split("=", 1)
+  scope, field = key.split(".", 1) if "." in key else (None, key)
+  return scope, field, value
 
 
 def _parse_value(text: str, current):
@@ -262,6 +271,16 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
                      f"MODEL/OPTIMIZER with MODEL in {', '.join(CONFIGS[args.dataset])} and OPTIMIZER in "
                      f"{', '.join(RECIPES)}, and at least 1 seed.")
   args.planned = {"cells": cells, "seeds": args.planned_seeds or 2}
+  for override in args.set:
+    scope = _override(override)[0]
+    if scope is None:
+      continue
+    if scope not in (*CONFIGS[args.dataset], *RECIPES):
+      raise ValueError(f"--set {override!r}: scope {scope!r} is not accepted; accepted values: "
+                       f"{', '.join((*CONFIGS[args.dataset], *RECIPES))}.")
+    if args.models and not any(scope in (m, o) for m in args.models for o in args.optimizers):
+      raise ValueError(f"--set {override!r} applies to no cell this command runs (--models {' '.join(args.models)}"
+                       f" --optimizers {' '.join(args.optimizers)}).")
   if args.seeds is None and args.models:  # a merge-only command (--models with no value) takes them in main
     args.seeds = [0, 1, 2]
   flags = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}

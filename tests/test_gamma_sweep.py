@@ -221,3 +221,14 @@ def test_reconstruction_psnr_of_every_feature_stage_of_cifar_models(model, kwarg
   metrics = stage_reconstruction.reconstruction_metrics(config, state, images)
   assert list(metrics) == stages
   assert all(np.isfinite(m["psnr_fitted"]) and m["psnr_fitted"] > 0 for m in metrics.values())
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_reconstruction_sees_the_inputs_of_training(normalize):
+  """The reconstruction feeds the model the inputs it was trained on: normalized by the dataset's statistics, or
+  x / 255 (std 1) with `normalize=False`."""
+  config = gs.make_config(gs.Sweep("cifar10", "resnet20", epochs=1).setting("baselines", "sgd", 0.1, 1e-4), "resnet20")
+  config.model_kwargs, config.normalize = {"stage_sizes": (1,), "widths": (4,)}, normalize
+  state, _ = train.create_train_state(train.create_model(config, 10), optax.sgd(0.1))
+  std = stage_reconstruction.feature_reconstruction(config, state)[3]
+  np.testing.assert_allclose(std, train.input_normalization(config).std if normalize else np.ones(3), rtol=1e-6)

@@ -285,3 +285,13 @@ def test_kernel_spectra_of_the_tiny_cell_against_numpy(tiny_cifar_cell, tmp_path
   (untrained / "config.json").write_text((workdir / "config.json").read_text())
   with pytest.raises(ValueError, match="untrained has no checkpoint"):
     kernel_spectra.run_rows(untrained)
+
+
+@pytest.mark.parametrize("override,models,message", [
+    ("bort_sdg.gamma=0.1", ["resnet20"], "scope 'bort_sdg' is not accepted; accepted values: resnet20, vit_tiny, sgd"),
+    ("vit_tiny.gamma=1", ["resnet20"], "applies to no cell this command runs"),
+    ("gamma", ["resnet20"], "'gamma' is not accepted; accepted values: FIELD=VALUE")])
+def test_a_set_override_that_reaches_no_cell_is_refused(override, models, message):
+  args = table._parser("cifar10").parse_args(["--out", "t.md", "--models", *models, "--set", override])
+  with pytest.raises(ValueError, match=message):
+    table.resolve(args)
