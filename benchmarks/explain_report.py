@@ -167,7 +167,7 @@ def train_run(config, workdir: pathlib.Path, data_dir: str, fresh: bool = False)
   state, results = train.train_and_evaluate(config, str(workdir), resume=True, data_dir=data_dir)
   if results["status"] != "completed":
     raise RuntimeError(f"{workdir}: training {results['status']}: {results.get('diverged', {}).get('message', '')}")
-  seconds = sum(r["seconds"] for r in metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).read())
+  seconds = metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).training_seconds()
   return state, results, seconds
 
 

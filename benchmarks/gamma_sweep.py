@@ -336,8 +336,8 @@ def run_setting(setting: Setting, cli_model: str, workdir: pathlib.Path, data_di
       f"{split}_count": int(len(eval_labels)), "train_accuracy": results["train_accuracy"],
       "gap": results["mean_offdiag_gap"], f"{split}_psnr": last["psnr"], f"{split}_psnr_fitted": last["psnr_fitted"],
       f"{split}_reconstruction": recon, "command": command,
-      # the trainer's per-epoch seconds, also those of processes cut before this one (the table counts the same)
-      "seconds": sum(r["seconds"] for r in metrics_io.MetricsLog(str(run_dir / "metrics.jsonl")).read()),
+      # the trainer's epoch seconds, also of processes cut before this one, as the table counts them
+      "seconds": metrics_io.MetricsLog(str(run_dir / "metrics.jsonl")).training_seconds(),
       "jax": jax.__version__, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
   return record
 

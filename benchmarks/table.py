@@ -10,7 +10,8 @@
 test accuracy, orthogonality gap (RMS of the off-diagonal of the Gram of each constrained kernel, normalised
 by its mean diagonal, averaged over layers; `bort_jax.orthogonality_gap`), reconstruction PSNR of 1,000 test
 images from the last feature stage (fitted scale, `benchmarks.stage_reconstruction.reconstruction_metrics`), training
-seconds (sum of the trainer's per-epoch times, so interruptions do not count) and the time of one jitted train
+seconds (the trainer's per-epoch times, `MetricsLog.training_seconds`: an epoch cut and resumed counts its timed
+steps scaled to the whole epoch; the time between processes does not count) and the time of one jitted train
 step of the recipe, measured after training in the same process; Bort recipes also time their baseline's step
 on the same batch, interleaved, which gives Bort's per-step overhead under the same load.
 
@@ -144,7 +145,7 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   times = step_seconds(timed, batch, args.timed_steps)
   record = {"seed": seed, "test_accuracy": results["test_accuracy"], "gap": results["mean_offdiag_gap"],
             "psnr": list(psnr.values())[-1]["psnr_fitted"],  # the last feature stage
-            "seconds": sum(r["seconds"] for r in metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).read()),
+            "seconds": metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).training_seconds(),
             "epochs": epochs, "settings": _settings(config), "step_seconds": times[0]}
   if baseline:
     record["baseline_step_seconds"] = times[1]

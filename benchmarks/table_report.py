@@ -109,7 +109,8 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
               "(`stage_reconstruction.reconstruction_metrics`)."
               " Folding BatchNorm into the convolutions (`bort_jax.explain.canonize`) leaves J(x) unchanged, so it is"
               " not needed here.",
-              "- Train hours: the trainer's per-epoch seconds (training + evaluation) summed over the row's seeds. "
+              "- Train hours: the trainer's per-epoch seconds (training + evaluation; an epoch cut and resumed counts "
+              "its timed steps scaled to the whole epoch) summed over the row's seeds. "
               f"Bort step overhead: median of {args.timed_steps} jitted train steps of the Bort recipe over its "
               "baseline's, same batch, interleaved, after training in the same process (the ratio is comparable "
               "across rows; the milliseconds depend on the load)."]

@@ -1,8 +1,9 @@
 """Per-epoch metrics as JSON lines, a PNG of the curves, and the final `results.json`.
 
 One JSONL record per finished epoch: {"epoch", "step", "train_loss", "train_accuracy", "test_loss",
-"test_accuracy", "learning_rate", "orthogonality_gap": {layer path: {"offdiag", "diag", "norm_spread"}}, "seconds"}
-(the gap statistics of `bort_jax.orthogonality_gap`; the curves show "offdiag").
+"test_accuracy", "learning_rate", "orthogonality_gap": {layer path: {"offdiag", "diag", "norm_spread"}}, "seconds",
+"timed_steps"} (the gap statistics of `bort_jax.orthogonality_gap`; the curves show "offdiag"; "seconds" is the
+wall time of the epoch's "timed_steps" train steps and its evaluation, in the process that finished it).
 """
 
 import json
@@ -54,6 +55,12 @@ class MetricsLog:
     with open(tmp, "w") as f:
       f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
     os.replace(tmp, self.path)
+
+  def training_seconds(self) -> float:
+    """Wall seconds of the logged epochs. An epoch resumed after a cut counts its measured seconds scaled to all its
+    steps (the time before the cut was not measured); records without "timed_steps" count as measured."""
+    return sum(r["seconds"] * (r["step"] / r["epoch"]) / r.get("timed_steps", r["step"] / r["epoch"])
+               for r in self.read())
 
   def append(self, record: dict):
     with open(self.path, "a") as f:

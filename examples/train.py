@@ -374,7 +374,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       break
     measured = _measure(state, eval_step, gap_fn, test_records, config, mesh)
     record = {"epoch": epoch + 1, "step": step, "learning_rate": float(lr_schedule(step - 1)), **measured,
-              "seconds": time.time() - start}
+              "seconds": time.time() - start, "timed_steps": steps_per_epoch - first}
     if is_chief:
       log.append(record)
       metrics_io.plot_curves(log.read(), os.path.join(workdir, "curves.png"),

@@ -157,6 +157,16 @@ def test_metrics_log_trims_on_resume_and_plots(tmp_path):
   assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_training_seconds_scale_an_epoch_resumed_after_a_cut(tmp_path):
+  """10 steps an epoch: a whole epoch of 30 s counts 30 s, one resumed with 4 steps timed in 20 s counts 50 s, and
+  a record from before "timed_steps" existed counts as measured."""
+  log = metrics_io.MetricsLog(str(tmp_path / "m.jsonl"))
+  log.append({"epoch": 1, "step": 10, "seconds": 30.0, "timed_steps": 10})
+  log.append({"epoch": 2, "step": 20, "seconds": 20.0, "timed_steps": 4})
+  log.append({"epoch": 3, "step": 30, "seconds": 7.0})
+  assert log.training_seconds() == pytest.approx(87.0)
+
+
 def test_every_process_returns_results_and_only_process_0_writes_files(tmp_path, monkeypatch):
   """A pod's other processes get the same results as process 0 without reading its files.
 

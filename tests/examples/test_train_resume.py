@@ -46,9 +46,11 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, model):
   assert resumed["completed"] and resumed["step"] == full["step"] == 20
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(resumed_state),
                jax.device_get(full_state))
-  read = lambda run: [{k: v for k, v in r.items() if k != "seconds"}
-                      for r in metrics_io.MetricsLog(str(tmp_path / run / "metrics.jsonl")).read()]
+  log = lambda run: metrics_io.MetricsLog(str(tmp_path / run / "metrics.jsonl")).read()
+  read = lambda run: [{k: v for k, v in r.items() if k not in ("seconds", "timed_steps")} for r in log(run)]
   assert read("cut") == read("full") and [r["epoch"] for r in read("full")] == [1, 2]
+  # epoch 2 resumed at step 12: its 8 steps timed; the restarted process did not see steps 11-12
+  assert [r["timed_steps"] for r in log("full")] == [10, 10] and [r["timed_steps"] for r in log("cut")] == [10, 8]
   assert read("full")[1]["train_loss"] < read("full")[0]["train_loss"]
   results = json.loads((tmp_path / "full" / "results.json").read_text())
   assert results["test_accuracy"] == read("full")[-1]["test_accuracy"]
