@@ -29,29 +29,13 @@ augmentation: none for the MNIST models, pad-crop and flip for the CIFAR ones).
 Records from other machines or processes merge with `--merge-from OTHER.jsonl ...` (settings not yet here
 are appended); only records with this invocation's epoch budget, batch size and `--train-limit` are read.
 
-Epoch budget. Measured on the shared 2-core CPU (load 5-6 from other jobs) with one run each on the
-54,000 training images: MLP (784-256-256-10) 2 epochs in 7 s with SGD and 18 s with Bort-SGD (≈ 2.5 / 7 s per
-epoch; the Bort Gram products dominate), LeNet-5 1 epoch in 44 s with SGD and 61 s with Bort-SGD, each
-including ~3-8 s of compilation, per-epoch validation, checkpoints and reconstruction PSNR. A (dataset, model)
-sweep is 12 baseline + 56 Bort (7 γ × 2 α × 2 modes × 2 optimizers) + at most 18 final runs (6 settings ×
-3 seeds). The defaults, 10 epochs for the MLP (≈ 30 s per baseline run, 75 s per Bort run: ≤ 1.6 h per
-sweep) and 3 for LeNet-5 (≈ 120 s / 165 s: ≤ 3.7 h per sweep), keep each sweep within a few CPU hours and all
-four within about 11 at that load (the first MNIST-MLP sweep, under lighter load, took 20 s per SGD/AdamW
-and 25-35 s per Bort run at 10 epochs: ≈ 40 min). The committed tables of `mnist_table.py` train 15 / 10 epochs;
-the shorter budgets
-lower absolute accuracy a little (LeNet-5 ≈ 99.0 % instead of 99.2 % on MNIST) but every optimizer gets the
-same budget, which is what the comparison needs. `--epochs` and `--train-limit` shrink runs for smoke tests.
+Epoch budget (`EPOCHS`): 10 epochs for the MLP and 3 for LeNet-5, measured costs in `docs/gamma.md` ("Cost of
+a sweep"); every optimizer gets the same budget. `--epochs` and `--train-limit` shrink runs for smoke tests.
 
-CIFAR-10 (`--dataset cifar10 --model resnet20 | vit_tiny`, issue 19). The baselines are the configs' standard
-recipes (He et al. SGD for ResNet-20, DeiT AdamW for the ViT; a one-point grid, not tuned), the families are
-SGD for ResNet-20 and AdamW for the ViT (`--families` adds the other), and γ takes 4 values around the
-prediction of `examples/configs/cifar10_*.py` (`CIFAR_GAMMAS`) in the MNIST sweeps' selected mode and α
-(l1-full, α = 1), at `EPOCHS` reduced epochs on the held-out split. The selection rule is stated before any
-run: the `final` choices are the baseline's validation accuracy, the Bort γ with the best validation
-accuracy, and the Bort γ with the highest validation PSNR (fitted scale, last feature stage) whose
-validation accuracy is within one binomial standard error of the baseline's (`gamma_sweep_report.select`).
-The test split is never read before the `final` stage. The shared `cifar10.npz` is JPEG-compressed: its
-numbers check the pipeline and the selection, they are not publishable CIFAR-10 results.
+CIFAR-10 (`--dataset cifar10 --model resnet20 | vit_tiny`, issue 19): the configs' standard baseline recipes
+(one grid point, not tuned), γ at 4 values around the configs' prediction (`CIFAR_GAMMAS`) in the MNIST sweeps'
+mode and α, `EPOCHS` reduced epochs, the same selection rule; no `final` stage (the test split is
+`benchmarks/cifar_table.py`'s; protocol and amendments in `benchmarks/results/cifar10_plan.md`).
 """
 
 import argparse
@@ -198,23 +182,9 @@ class Sweep:
     return MODELS[self.cli_model][1].get_config().augment
 
   @property
-  def after_selection(self) -> str:
-    """What happens to the selected settings: the final stage here, the CIFAR-10 table for the CIFAR models."""
-    if self.cli_model in CIFAR_MODELS:
-      return ("the selected settings are trained on the whole training split and tested by `benchmarks/cifar_table.py` "
-              "(no final stage here)")
-    return (f"the selected settings are retrained on the whole training split with seeds {list(self.seeds)} and "
-            "scored on the test split")
-
-  @property
-  def note(self) -> str:
-    if self.cli_model not in CIFAR_MODELS:
-      return ""
-    return ("Baselines: the config's standard recipe (one grid point, not tuned); the test-split comparison is "
-            "`benchmarks/cifar_table.py` (`benchmarks/results/cifar10_plan.md`). The shared `cifar10.npz` is a "
-            "JPEG-compressed copy: these numbers check the pipeline and the selection, they are not publishable. "
-            "The raw PSNR columns use scale 1 (residual paths leave 1/∏α undefined), so they measure nothing: read "
-            "the fitted-scale PSNR.")
+  def validation_only(self) -> bool:
+    """The CIFAR models' sweeps stop at the selection: their test-split runs are `benchmarks/cifar_table.py`'s."""
+    return self.cli_model in CIFAR_MODELS
 
   @property
   def feature_layer(self) -> str:
@@ -418,11 +388,11 @@ def main(argv=None):
   if args.merge_from:
     merged = jsonl_records.merge_records(sweep.jsonl, map(pathlib.Path, args.merge_from))
     print(f"merged {merged} record(s) into {sweep.jsonl}")
-  validation_only = args.model in CIFAR_MODELS  # tested by benchmarks/cifar_table.py, never by the sweep
-  if validation_only and args.stage == "final":
+  if sweep.validation_only and args.stage == "final":
     raise SystemExit(f"--stage final is not accepted for --model {args.model}; accepted values: baselines, bort, "
                      "report, all (its test-split runs are benchmarks/cifar_table.py's).")
-  stages = ("baselines", "bort") + (() if validation_only else ("final",)) if args.stage == "all" else (args.stage,)
+  every = ("baselines", "bort") if sweep.validation_only else ("baselines", "bort", "final")
+  stages = every if args.stage == "all" else (args.stage,)
   for stage in stages:
     if stage == "baselines":
       sweep.run_all(sweep.baseline_settings())
