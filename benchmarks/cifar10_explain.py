@@ -107,13 +107,6 @@ def explain_run(config: ml_collections.ConfigDict, state: train.TrainState, imag
   return {stage: (shown[stage], psnr[stage]["psnr_fitted"]) for stage in psnr}
 
 
-def zero_reconstruction_psnr(config: ml_collections.ConfigDict, images: np.ndarray) -> float:
-  """PSNR of x̂ = 0 (c = 0, which the fitted scale can always choose) on the PSNR images: the fitted PSNR's floor."""
-  mean = np.asarray(train.input_normalization(config).mean)
-  centred = images[:stage_reconstruction.NUM_RECONSTRUCTED] / 255.0 - mean
-  return float(np.mean(reconstruction.reconstruction_errors(jnp.asarray(centred), jnp.zeros(centred.shape))[1]))
-
-
 def mosaic(images: np.ndarray, columns: int = 2, gap: int = 2) -> np.ndarray:
   """(N, H, W, C) images tiled row by row, `columns` wide, on a white background with `gap` pixels between them."""
   n, h, w, c = images.shape
@@ -195,7 +188,8 @@ def main(argv=None):
     accuracy[(model, optimizer)] = json.loads((workdir / "results.json").read_text())["test_accuracy"]
     print(f"{model} {optimizer}: fitted PSNR (dB) " + ", ".join(
         f"{stage} {psnr:.2f}" for stage, (_, psnr) in results[(model, optimizer)].items()), flush=True)
-  count, floor = min(stage_reconstruction.NUM_RECONSTRUCTED, len(images)), zero_reconstruction_psnr(config, images)
+  count = min(stage_reconstruction.NUM_RECONSTRUCTED, len(images))
+  floor = stage_reconstruction.zero_image_psnr(config, images)
   explained = {f"{m}\n{o}\nacc {100 * accuracy[(m, o)]:.1f}%": r for (m, o), r in results.items()}
   write_figure(out, images[:SHOWN] / 255.0, explained,
                f"CIFAR-10 test images reconstructed from each stage (seed {args.seed}; the first {SHOWN} test images)",

@@ -87,3 +87,10 @@ def reconstruction_metrics(config: ml_collections.ConfigDict, state: train.Train
   sizes = [min(RECONSTRUCTION_BATCH, len(x) - i) for i in range(0, len(x), RECONSTRUCTION_BATCH)]
   return {layer: {k: float(np.average([p[layer][k] for p in parts], weights=sizes)) for k in parts[0][layer]}
           for layer in features_fns}
+
+
+def zero_image_psnr(config: ml_collections.ConfigDict, images: np.ndarray) -> float:
+  """PSNR of x̂ = 0 on the images `reconstruction_metrics` scores: the fitted PSNR's floor, as the least-squares
+  scale c = 0 is always a choice. A stage at this floor keeps nothing of the image."""
+  centred = images[:NUM_RECONSTRUCTED] / 255.0 - np.asarray(train.input_normalization(config).mean)
+  return float(np.mean(reconstruction.reconstruction_errors(jnp.asarray(centred), jnp.zeros(centred.shape))[1]))

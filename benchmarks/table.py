@@ -153,6 +153,16 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   return record
 
 
+def psnr_floor(args, results: dict) -> float | None:
+  """The PSNR of x̂ = 0 on the table's PSNR images (`stage_reconstruction.zero_image_psnr`); None without PSNRs."""
+  if not any("psnr" in r for runs in results.values() for r in runs):
+    return None
+  model = next(m for m, _ in results)
+  config = make_config(args.dataset, model, "sgd", args.epochs_of[model], args)
+  images, _ = data_lib.load_arrays(args.dataset, "test", args.data_dir)
+  return stage_reconstruction.zero_image_psnr(config, images)
+
+
 def _settings(config) -> str:
   fields = ["learning_rate", "weight_decay"]
   fields += ["momentum"] if "sgd" in config.optimizer else ["b1", "b2", "eps"]
@@ -190,18 +200,20 @@ def _cell(text: str) -> tuple[str, str]:
 
 def current_commands(commands: list[str], parser: argparse.ArgumentParser, results: dict) -> list[str]:
   """The ``commands`` that made a record still in ``results``. Each recorded (cell, seed) is credited to the command
-  covering the most recorded ones (the later one on a tie), so the order in which parallel tables were merged does
-  not matter; merge-only commands are dropped, commands this version cannot parse kept; the last always stays."""
+  covering the most recorded ones (on a tie, the one asking for more, then the later), so the order in which
+  parallel tables were merged does not matter; merge-only commands are dropped, commands this version cannot parse
+  kept; the last always stays."""
   recorded = {(m, o, r["seed"]) for (m, o), runs in results.items() for r in runs}
-  covered = []
+  asked = []
   for command in commands:
     try:
       args = resolve(parser.parse_args(shlex.split(command)))
-      covered.append({(m, o, s) for m in args.models for o in args.optimizers for s in args.seeds} & recorded)
+      asked.append({(m, o, s) for m in args.models for o in args.optimizers for s in args.seeds})
     except (ValueError, SystemExit):   # written by an older version of this script: its cells are unknown, kept
-      covered.append(None)
+      asked.append(None)
+  covered = [cells and cells & recorded for cells in asked]
   kept, credited = set(), set()
-  for i in sorted(range(len(commands)), key=lambda i: (-len(covered[i] or ()), -i)):
+  for i in sorted(range(len(commands)), key=lambda i: (-len(covered[i] or ()), -len(asked[i] or ()), -i)):
     if covered[i] is None or i == len(commands) - 1 or covered[i] - credited:
       kept.add(i)
       credited |= covered[i] or set()
@@ -315,7 +327,8 @@ def main(dataset: str = "mnist"):
   def write():
     seeds = sorted(set(args.seeds) | {r["seed"] for runs in results.values() for r in runs})
     table_report.write_table(args.out, args.dataset, results, current_commands(commands, parser, results), args,
-                             seeds, started, CONFIGS[args.dataset], DATA_NOTES.get(args.dataset))
+                             seeds, started, CONFIGS[args.dataset], DATA_NOTES.get(args.dataset),
+                             psnr_floor(args, results))
 
   if not args.models:
     if args.seeds is None:  # a merge names no seeds: the plan's count, else the seeds the merged runs have

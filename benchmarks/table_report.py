@@ -2,6 +2,7 @@
 exactly what was run (commands, data, recipes, budget, machine)."""
 
 import json
+import os
 import pathlib
 import time
 
@@ -49,10 +50,11 @@ def verdicts(results: dict) -> list[str]:
 
 
 def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds, started: float,
-                recipes: dict, data_note: str | None = None):
+                recipes: dict, data_note: str | None = None, psnr_floor: float | None = None):
   """The Markdown table and its .json; the PSNR, hours and overhead columns appear once a run has them.
 
-  `recipes` maps the dataset's models to their config modules; `data_note` is said under the data line.
+  `recipes` maps the dataset's models to their config modules; `data_note` is said under the data line;
+  `psnr_floor` (the PSNR of x̂ = 0 on the same images) beside the PSNR's definition.
   """
   extra = any("psnr" in r for runs in results.values() for r in runs)
   planned = args.planned
@@ -95,7 +97,8 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
             + "cosine learning-rate decay to 0 after a linear warmup of min(the config's warmup or 0.5, epochs/4) "
             "epochs."
             + (f" Note: {data_note}." if data_note else ""),
-            f"- Models: {', '.join(f'`{m}`' for m in recipes)}, with biases, float32; epochs as in the table.",
+            f"- Models: {', '.join(f'`{m}`' for m in dict.fromkeys(m for m, _ in results))}, with biases, float32; "
+            "epochs as in the table.",
             f"- Optimizers: the recipes of {' and '.join(recipe_files)} (settings column, after overrides "
             f"{args.set or 'none'}); SGD has coupled weight decay (PyTorch), AdamW decoupled; Bort corrects every "
             "conv/dense kernel (not biases); dbort_sgd adds -λ mean(y²)^β over every kernel's sown output.",
@@ -108,7 +111,9 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
               "with the least-squares scale per image, in [0, 1] pixel space "
               "(`stage_reconstruction.reconstruction_metrics`)."
               " Folding BatchNorm into the convolutions (`bort_jax.explain.canonize`) leaves J(x) unchanged, so it is"
-              " not needed here.",
+              " not needed here."
+              + (f" x̂ = 0 scores {psnr_floor:.2f} dB on these images (c = 0 is always a choice): a PSNR at that "
+                 "floor means the stage keeps nothing of the image." if psnr_floor is not None else ""),
               "- Train hours: the trainer's per-epoch seconds (training + evaluation; an epoch cut and resumed counts "
               "its timed steps scaled to the whole epoch) summed over the row's seeds. "
               f"Bort step overhead: median of {args.timed_steps} jitted train steps of the Bort recipe over its "
@@ -116,7 +121,7 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
               "across rows; the milliseconds depend on the load)."]
   if args.budget_hours:
     lines.append(budget_line(path, dataset, results, recipes, args.budget_hours))
-  lines.append(f"- Machine: 2 shared CPU cores (load from other jobs), jax {jax.__version__}; "
+  lines.append(f"- Machine: {os.cpu_count()} CPU cores shared with other jobs, jax {jax.__version__}; "
                + (f"wall time {(time.time() - started) / 60:.1f} min for the runs of the last command; "
                   if args.models else "the last command only merged cells (no training); ")
                + "seconds per run in the .json beside this file (runs shared the machine with other jobs, so "

@@ -223,11 +223,14 @@ def tiny_cifar_cell(tmp_path_factory, data_dir):
   return out, args
 
 
-def test_tiny_cifar_cell_measures_psnr_and_overhead_and_resumes(tiny_cifar_cell, monkeypatch):
-  """A shrunken ResNet-20 on 256 CIFAR-10 images: the record has PSNR and the Bort/baseline step times; a cut
-  command leaves an "in progress" table, and the rerun reads the finished seed instead of training it."""
+def test_tiny_cifar_cell_measures_psnr_and_overhead_and_resumes(tiny_cifar_cell, monkeypatch, data_dir):
+  """A shrunken ResNet-20 on 256 CIFAR-10 images: the record has PSNR and the Bort/baseline step times, the table the
+  PSNR of x̂ = 0 (10 log10(1 / mean (x - mean)²) per image, averaged); a cut command leaves an "in progress" table,
+  and the rerun reads the finished seed instead of training it."""
   out, args = tiny_cifar_cell
   text = out.read_text()
+  centred = np.load(data_dir / "cifar10.npz")["x_test"][:1000] / 255.0 - np.array([0.4914, 0.4822, 0.4465])
+  assert f"x̂ = 0 scores {np.mean(-10 * np.log10(np.mean(centred ** 2, axis=(1, 2, 3)))):.2f} dB" in text
   assert "(in progress)" in text and "in progress: 1 of 2 seeds" in text and "JPEG-compressed" in text
   assert "16 CPU-hours" in text
   [run] = json.loads(out.with_suffix(".json").read_text())["runs"]["resnet20/bort_sgd"]
