@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from benchmarks import paths
 from benchmarks import stage_reconstruction
 from benchmarks import table
 import bort_jax
@@ -34,8 +35,7 @@ from examples import data as data_lib
 from examples import optimizers
 from examples import train
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-DEFAULT_RUNS = REPO / "runs" / "cifar10_table"
+DEFAULT_RUNS = paths.REPO / "runs" / "cifar10_table"
 CELLS = (("resnet20", "sgd"), ("resnet20", "bort_sgd"), ("vit_tiny", "adamw"), ("vit_tiny", "bort_adamw"))
 SHOWN = 4  # test images drawn per run and stage, as a 2 × 2 mosaic
 TABLE_COMMAND = ("nice -n 10 python -m benchmarks.cifar_table --out benchmarks/results/cifar10_table.md --merge "
@@ -156,9 +156,9 @@ def write_markdown(path: pathlib.Path, results: dict, accuracy: dict, notes: lis
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--runs", default=str(DEFAULT_RUNS), help="The table's workdir (<model>_<optimizer>_seed<k>).")
-  parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "cifar10_explain.png"))
+  parser.add_argument("--out", default=str(paths.REPO / "benchmarks" / "results" / "cifar10_explain.png"))
   parser.add_argument("--seed", type=int, default=0, help="Which seed's runs to draw.")
-  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", str(REPO.parent / "shared" / "data")))
+  parser.add_argument("--data-dir", default=paths.default_data_dir())
   return parser.parse_args(argv)
 
 
@@ -196,7 +196,7 @@ def main(argv=None):
                f"c·x̂: x̂ = J(x)ᵀ f(x) from the stage, c the least-squares scale per image, clipped to [0, 1]. "
                f"dB: fitted-scale PSNR, mean over the first {count:,} test images; x̂ = 0 scores {floor:.2f} dB.\n"
                "features: the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens).")
-  shown_runs = os.path.relpath(runs, REPO) if runs.absolute().is_relative_to(REPO) else runs
+  shown_runs = os.path.relpath(runs, paths.REPO) if runs.absolute().is_relative_to(paths.REPO) else runs
   notes = [f"Fitted-scale PSNR (dB) of c·x̂, x̂ = J(x)ᵀ f(x) from each stage "
            "(`stage_reconstruction.reconstruction_metrics`), "
            f"mean over the first {count:,} test images; c = 0 (x̂ = 0) scores {floor:.2f} dB on them, the floor. "

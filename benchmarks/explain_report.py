@@ -23,7 +23,6 @@ everything).
 
 import argparse
 import json
-import os
 import pathlib
 import shutil
 import time
@@ -35,6 +34,7 @@ import numpy as np
 from benchmarks import explain_acceptance
 from benchmarks import explain_models as models
 from benchmarks import explain_tables
+from benchmarks import paths
 from examples import explain_protocol
 from examples import metrics_io
 from examples import train
@@ -214,11 +214,10 @@ def _alpha(text: str) -> float | str:
 
 
 def parse_args(argv=None):
-  repo = pathlib.Path(__file__).resolve().parents[1]
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", str(repo.parent / "shared/data")))
-  parser.add_argument("--out", default=str(repo / "benchmarks/results"))
-  parser.add_argument("--cache-dir", default=str(repo / "runs/explain_report"),
+  parser.add_argument("--data-dir", default=paths.default_data_dir())
+  parser.add_argument("--out", default=str(paths.REPO / "benchmarks/results"))
+  parser.add_argument("--cache-dir", default=str(paths.REPO / "runs/explain_report"),
                       help="the trainer's workdir of every run (resume); <cache-dir>/<dataset>_<arch>/<kind>_seed<k>/")
   parser.add_argument("--fresh", action="store_true", help="ignore cached runs (they are overwritten)")
   parser.add_argument("--note", action="append", default=[],

@@ -41,7 +41,6 @@ mode and α, `EPOCHS` reduced epochs, the same selection rule; no `final` stage 
 import argparse
 from collections.abc import Sequence
 import dataclasses
-import os
 import pathlib
 import shlex
 import shutil
@@ -53,6 +52,7 @@ import ml_collections
 
 from benchmarks import gamma_sweep_report as report
 from benchmarks import jsonl_records
+from benchmarks import paths
 from benchmarks import stage_reconstruction
 from examples import data as data_lib
 from examples import metrics_io
@@ -62,7 +62,6 @@ from examples.configs import cifar10_vit_tiny
 from examples.configs import mnist_lenet
 from examples.configs import mnist_mlp
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
 # CLI model name -> (trainer model name, config module whose baseline recipes (momentum, b1/b2) are used).
 MODELS = {"mlp": ("mlp", mnist_mlp), "lenet": ("lenet5", mnist_lenet), "resnet20": ("resnet20", cifar10_resnet20),
@@ -155,8 +154,8 @@ class Sweep:
   seeds: Sequence[int] = (0, 1, 2)
   tolerance: float | None = None
   psnr_resolution: float = 0.0
-  out: pathlib.Path = REPO / "benchmarks" / "results"
-  workdir: pathlib.Path = REPO / "runs" / "gamma_sweep"
+  out: pathlib.Path = paths.REPO / "benchmarks" / "results"
+  workdir: pathlib.Path = paths.REPO / "runs" / "gamma_sweep"
   data_dir: str | None = None
   command: str = ""
   keep_workdirs: bool = False
@@ -338,11 +337,12 @@ def parse_args(argv=None):
   parser.add_argument("--psnr-resolution", type=float,
                       help="PSNRs (dB) this close to the highest held one tie; a tie goes to the smallest "
                            "orthogonality gap (default: 0 for MNIST models, CIFAR_PSNR_RESOLUTION for CIFAR ones).")
-  parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="Folder of the .md/.png/.jsonl.")
-  parser.add_argument("--workdir", default=str(REPO / "runs" / "gamma_sweep"),
+  parser.add_argument("--out", default=str(paths.REPO / "benchmarks" / "results"),
+                      help="Folder of the .md/.png/.jsonl.")
+  parser.add_argument("--workdir", default=str(paths.REPO / "runs" / "gamma_sweep"),
                       help="Per-run trainer folders (checkpoints for resuming a cut run; deleted once recorded).")
   parser.add_argument("--keep-workdirs", action="store_true", help="Keep each finished run's trainer folder.")
-  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", str(REPO.parent / "shared" / "data")))
+  parser.add_argument("--data-dir", default=paths.default_data_dir())
   parser.add_argument("--merge-from", nargs="+", default=[], metavar="JSONL",
                       help="Append the records of these JSONL files (other machines/processes) that are not here yet.")
   return parser.parse_args(argv)

@@ -25,11 +25,11 @@ import numpy as np
 
 from benchmarks import gamma_sweep_report as report
 from benchmarks import jsonl_records
+from benchmarks import paths
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = paths.REPO / "benchmarks" / "results"
 # The files that hold generated blocks.
-FILES = (REPO / "README.md", REPO / "docs" / "gamma.md")
+FILES = (paths.REPO / "README.md", paths.REPO / "docs" / "gamma.md")
 BLOCK = re.compile(r"(<!-- generated: (?P<name>[\w-]+) \(python -m benchmarks\.readme_numbers\) -->\n)"
                    r"(?P<body>.*?)(<!-- end generated -->)", re.DOTALL)
 

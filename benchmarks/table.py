@@ -27,7 +27,6 @@ Data: `--data-dir` or $BORT_DATA_DIR (`<dataset>.npz`), default `../shared/data`
 import argparse
 import ast
 import json
-import os
 import pathlib
 import shlex
 import sys
@@ -37,6 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from benchmarks import paths
 from benchmarks import stage_reconstruction
 from benchmarks import table_report
 import bort_jax
@@ -51,7 +51,6 @@ from examples.configs import fashion_mnist_mlp
 from examples.configs import mnist_lenet
 from examples.configs import mnist_mlp
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # Each dataset's models and the config modules holding their recipes (mnist_small reads the MNIST ones).
 CONFIGS = {
     "mnist": {"mlp": mnist_mlp, "lenet5": mnist_lenet},
@@ -153,14 +152,17 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   return record
 
 
-def psnr_floor(args, results: dict) -> float | None:
-  """The PSNR of x̂ = 0 on the table's PSNR images (`stage_reconstruction.zero_image_psnr`); None without PSNRs."""
-  if not any("psnr" in r for runs in results.values() for r in runs):
-    return None
-  model = next(m for m, _ in results)
-  config = make_config(args.dataset, model, "sgd", args.epochs_of[model], args)
-  images, _ = data_lib.load_arrays(args.dataset, "test", args.data_dir)
-  return stage_reconstruction.zero_image_psnr(config, images)
+def psnr_floor(args, results: dict, cache: dict) -> float | None:
+  """The PSNR of x̂ = 0 on the table's PSNR images (`stage_reconstruction.zero_image_psnr`); None without PSNRs.
+
+  `cache` keeps it per model for the command's later writes: computing it loads the test split.
+  """
+  model = next((m for (m, _), runs in results.items() if any("psnr" in r for r in runs)), None)
+  if model is not None and model not in cache:
+    config = make_config(args.dataset, model, "sgd", args.epochs_of[model], args)
+    images, _ = data_lib.load_arrays(args.dataset, "test", args.data_dir)
+    cache[model] = stage_reconstruction.zero_image_psnr(config, images)
+  return cache.get(model)
 
 
 def _settings(config) -> str:
@@ -238,7 +240,7 @@ def _parser(dataset: str = "mnist") -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", default=dataset, choices=tuple(CONFIGS))
   parser.add_argument("--out", required=True, help="Markdown file to write (a .json of runs beside it).")
-  parser.add_argument("--data-dir", default=os.environ.get("BORT_DATA_DIR", REPO.parent / "shared" / "data"))
+  parser.add_argument("--data-dir", default=paths.default_data_dir())
   parser.add_argument("--workdir", help="Folder of the per-run trainer folders (default runs/<out stem>).")
   parser.add_argument("--seeds", type=int, nargs="+",
                       help="Default 0 1 2; with `--models` and no value (merge only): the plan's, else those run.")
@@ -299,7 +301,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
   flags = {"mlp": args.mlp_epochs, "lenet5": args.lenet_epochs}
   args.epochs_of = {m: flags.get(m) or args.epochs or module.get_config().num_epochs
                     for m, module in CONFIGS[args.dataset].items()}
-  args.workdir = args.workdir or str(REPO / "runs" / pathlib.Path(args.out).stem)
+  args.workdir = args.workdir or str(paths.REPO / "runs" / pathlib.Path(args.out).stem)
   return args
 
 
@@ -323,12 +325,13 @@ def main(dataset: str = "mnist"):
     raise ValueError(f"--planned-seeds {args.planned_seeds} has no rows to apply to: give --planned, or --merge / "
                      "--merge-from a table that has a plan.")
   commands.append(command)
+  floors = {}
 
   def write():
     seeds = sorted(set(args.seeds) | {r["seed"] for runs in results.values() for r in runs})
     table_report.write_table(args.out, args.dataset, results, current_commands(commands, parser, results), args,
                              seeds, started, CONFIGS[args.dataset], DATA_NOTES.get(args.dataset),
-                             psnr_floor(args, results))
+                             psnr_floor(args, results, floors))
 
   if not args.models:
     if args.seeds is None:  # a merge names no seeds: the plan's count, else the seeds the merged runs have
@@ -339,13 +342,14 @@ def main(dataset: str = "mnist"):
   for model, optimizer in cells:  # the seeds run are read back from their records or trained; others are kept
     epochs = args.epochs_of[model]
     recipe = (epochs, _settings(make_config(args.dataset, model, optimizer, epochs, args)))
-    earlier = results.get((model, optimizer), [])
-    results[(model, optimizer)] = [r for r in earlier if r["seed"] not in args.seeds
-                                   and (r["epochs"], r["settings"]) == recipe]
-    dropped = [r["seed"] for r in earlier if r["seed"] not in args.seeds and r not in results[(model, optimizer)]]
+    kept, dropped = [], []
+    for r in results.get((model, optimizer), []):
+      if r["seed"] not in args.seeds:
+        (kept if (r["epochs"], r["settings"]) == recipe else dropped).append(r)
+    results[(model, optimizer)] = kept
     if dropped:
-      print(f"{model} {optimizer}: seeds {dropped} dropped from the table: recorded with other epochs or settings "
-            f"than this command's ({recipe[0]} epochs, {recipe[1]}).", flush=True)
+      print(f"{model} {optimizer}: seeds {[r['seed'] for r in dropped]} dropped from the table: recorded with other "
+            f"epochs or settings than this command's ({recipe[0]} epochs, {recipe[1]}).", flush=True)
   for model, optimizer in cells:
     for seed in args.seeds:
       record = run_seed(args.dataset, model, optimizer, args.epochs_of[model], seed, args)

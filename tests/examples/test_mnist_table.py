@@ -14,6 +14,7 @@ from benchmarks import cifar_table
 from benchmarks import jsonl_records
 from benchmarks import kernel_spectra
 from benchmarks import mnist_table
+from benchmarks import paths
 from benchmarks import table
 from benchmarks import table_report
 
@@ -51,6 +52,27 @@ def test_committed_tables_merge_unchanged(tmp_path, monkeypatch):
     _run(monkeypatch, "--dataset", name, "--out", str(out), "--merge-from",
          str(committed.with_suffix(".json")), "--models")
     assert _rows(out) == _rows(committed)
+
+
+def test_the_zero_image_floor_loads_the_test_split_once_per_command(monkeypatch):
+  args = table.resolve(table._parser().parse_args(["--dataset", "mnist_small", "--out", "t.md"]))
+  real, loads = table.data_lib.load_arrays, []
+  monkeypatch.setattr(table.data_lib, "load_arrays", lambda *a: loads.append(a) or real(*a))
+  floors = {}
+  assert table.psnr_floor(args, {("mlp", "sgd"): [{"seed": 0}]}, floors) is None and not loads  # no PSNR yet
+  results = {("mlp", "sgd"): [{"seed": 0}], ("lenet5", "sgd"): [{"seed": 0, "psnr": 9.0}]}
+  images, _ = real("mnist_small", "test")
+  centred = images[:1000] / 255.0 - np.array([0.1307])  # the floor's images: the PSNR model's (LeNet-5) inputs
+  expected = np.mean(-10 * np.log10(np.mean(centred ** 2, axis=(1, 2, 3))))
+  assert table.psnr_floor(args, results, floors) == pytest.approx(expected, abs=1e-3)
+  assert table.psnr_floor(args, results, floors) == floors["lenet5"] and len(loads) == 1
+
+
+def test_benchmarks_read_the_data_dir_from_the_environment_else_beside_the_repository(monkeypatch, tmp_path):
+  monkeypatch.setenv("BORT_DATA_DIR", str(tmp_path))
+  assert paths.default_data_dir() == str(tmp_path) == table._parser().parse_args(["--out", "t.md"]).data_dir
+  monkeypatch.delenv("BORT_DATA_DIR")
+  assert paths.default_data_dir() == str(REPO.parent / "shared" / "data")
 
 
 def test_first_format_runs_take_the_configs_epochs(tmp_path, monkeypatch):
