@@ -10,10 +10,24 @@ import json
 import math
 import os
 
+import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # headless: files only, never a window.
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+
+def gap_metrics(gaps) -> dict[str, dict[str, float]]:
+  """`bort_jax.orthogonality_gap` output as {layer path: {"offdiag", "diag", "norm_spread"}} floats."""
+  gaps = jax.device_get(gaps)
+  return {path: {k: float(np.mean(v)) for k, v in stats._asdict().items()}
+          for path, stats in gaps.items()}
+
+
+def mean_gap(gaps: dict[str, dict[str, float]], statistic: str = "offdiag") -> float:
+  """Mean over constrained layers of one gap statistic (the benchmark's "orthogonality gap")."""
+  return float(np.mean([g[statistic] for g in gaps.values()])) if gaps else float("nan")
 
 
 def finite_json(obj):

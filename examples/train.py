@@ -19,7 +19,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import tqdm
 
@@ -199,18 +198,6 @@ def make_eval_step(graphs: ModelGraphs, config: ml_collections.ConfigDict):
   return jax.jit(eval_step)
 
 
-def gap_metrics(gaps) -> dict[str, dict[str, float]]:
-  """`bort_jax.orthogonality_gap` output as {layer path: {"offdiag", "diag", "norm_spread"}} floats."""
-  gaps = jax.device_get(gaps)
-  return {path: {k: float(np.mean(v)) for k, v in stats._asdict().items()}
-          for path, stats in gaps.items()}
-
-
-def mean_gap(gaps: dict[str, dict[str, float]], statistic: str = "offdiag") -> float:
-  """Mean over constrained layers of one gap statistic (the benchmark's "orthogonality gap")."""
-  return float(np.mean([g[statistic] for g in gaps.values()])) if gaps else float("nan")
-
-
 def evaluate(eval_step, state: TrainState, records, config: ml_collections.ConfigDict,
              mesh) -> dict[str, float]:
   """Loss and accuracy over a whole split (grain records); the padded tail of the last batch is masked out."""
@@ -238,7 +225,7 @@ def _measure(state: TrainState, eval_step, gap_fn, records, config: ml_collectio
   train = _epoch_summary(state.epoch_metrics)
   test = evaluate(eval_step, state, records, config, mesh)
   return {"train_loss": train["loss"], "train_accuracy": train["accuracy"], "test_loss": test["loss"],
-          "test_accuracy": test["accuracy"], "orthogonality_gap": gap_metrics(gap_fn(state.params))}
+          "test_accuracy": test["accuracy"], "orthogonality_gap": metrics_io.gap_metrics(gap_fn(state.params))}
 
 
 def divergence_report(state: TrainState, config: ml_collections.ConfigDict, bound: float | None) -> dict | None:
@@ -382,7 +369,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       # One short line per epoch; the per-layer gaps are in metrics.jsonl and curves.png.
       print(f"epoch {epoch + 1}: train loss {record['train_loss']:.4f} acc {record['train_accuracy']:.4f} | "
             f"test loss {record['test_loss']:.4f} acc {record['test_accuracy']:.4f} | "
-            f"mean offdiag gap {mean_gap(record['orthogonality_gap']):.4f}", flush=True)
+            f"mean offdiag gap {metrics_io.mean_gap(record['orthogonality_gap']):.4f}", flush=True)
     # After the record: a crash in between resumes from an older step and rewrites the record.
     checkpointer.save(step, state, train_batches)
   if diverged:
@@ -406,7 +393,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     final = record or _measure(state, eval_step, gap_fn, test_records, config, mesh)
     results.update({k: final[k] for k in ("train_loss", "train_accuracy", "test_loss",
                                           "test_accuracy", "orthogonality_gap")})
-    results["mean_offdiag_gap"] = mean_gap(final["orthogonality_gap"])
+    results["mean_offdiag_gap"] = metrics_io.mean_gap(final["orthogonality_gap"])
   if (completed or diverged) and is_chief:
     metrics_io.write_json(os.path.join(workdir, "results.json"), results)
   return state, results

@@ -55,6 +55,6 @@ def test_killed_and_resumed_run_ends_bit_identical(tmp_path, model):
   results = json.loads((tmp_path / "full" / "results.json").read_text())
   assert results["test_accuracy"] == read("full")[-1]["test_accuracy"]
   views = bort_jax.nnx_views(train.create_model(config, 10))  # as the trainer reads them: no guessed view
-  assert set(results["orthogonality_gap"]) == set(train.gap_metrics(
+  assert set(results["orthogonality_gap"]) == set(metrics_io.gap_metrics(
       jax.device_get(bort_jax.orthogonality_gap(full_state.params, views=views))))
   assert (tmp_path / "full" / "curves.png").exists()
