@@ -28,6 +28,7 @@ import numpy as np
 from benchmarks import paths
 from benchmarks import stage_reconstruction
 from benchmarks import table
+from benchmarks import table_report
 import bort_jax
 from bort_jax.explain import reconstruction
 from examples import checkpointing
@@ -179,27 +180,28 @@ def main(argv=None):
                      "benchmarks/results/cifar10_plan.md):\n" + "\n".join(missing))
   for line in missing:
     print(line, flush=True)
-  results, accuracy, images = {}, {}, None
+  results, accuracy, floors, images = {}, {}, [], None
   for (model, optimizer), workdir in found.items():
     config, state = restore_final_state(workdir)
     if images is None:  # every run is scored on the same CIFAR-10 test split
       images = data_lib.as_arrays(train.load_splits(config, args.data_dir)[1])[0]
     results[(model, optimizer)] = explain_run(config, state, images)
+    floors.append((f"{model} {optimizer}", stage_reconstruction.zero_image_psnr(config, images)))
     accuracy[(model, optimizer)] = json.loads((workdir / "results.json").read_text())["test_accuracy"]
     print(f"{model} {optimizer}: fitted PSNR (dB) " + ", ".join(
         f"{stage} {psnr:.2f}" for stage, (_, psnr) in results[(model, optimizer)].items()), flush=True)
   count = min(stage_reconstruction.NUM_RECONSTRUCTED, len(images))
-  floor = stage_reconstruction.zero_image_psnr(config, images)
+  floor = table_report.floor_text(floors)
   explained = {f"{m}\n{o}\nacc {100 * accuracy[(m, o)]:.1f}%": r for (m, o), r in results.items()}
   write_figure(out, images[:SHOWN] / 255.0, explained,
                f"CIFAR-10 test images reconstructed from each stage (seed {args.seed}; the first {SHOWN} test images)",
                f"c·x̂: x̂ = J(x)ᵀ f(x) from the stage, c the least-squares scale per image, clipped to [0, 1]. "
-               f"dB: fitted-scale PSNR, mean over the first {count:,} test images; x̂ = 0 scores {floor:.2f} dB.\n"
+               f"dB: fitted-scale PSNR, mean over the first {count:,} test images; {floor}.\n"
                "features: the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens).")
   shown_runs = os.path.relpath(runs, paths.REPO) if runs.absolute().is_relative_to(paths.REPO) else runs
   notes = [f"Fitted-scale PSNR (dB) of c·x̂, x̂ = J(x)ᵀ f(x) from each stage "
            "(`stage_reconstruction.reconstruction_metrics`), "
-           f"mean over the first {count:,} test images; c = 0 (x̂ = 0) scores {floor:.2f} dB on them, the floor. "
+           f"mean over the first {count:,} test images; the floor: {floor} on them (c = 0 is always a choice). "
            "`features` is the last stage (ResNet-20: stage 3's map; ViT-Tiny: the final LayerNorm's tokens after the "
            "last block), whose PSNR is the table's PSNR column.",
            f"Runs: seed {args.seed} in `{shown_runs}`, restored from their last checkpoint "

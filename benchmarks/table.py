@@ -144,6 +144,7 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   times = step_seconds(timed, batch, args.timed_steps)
   record = {"seed": seed, "test_accuracy": results["test_accuracy"], "gap": results["mean_offdiag_gap"],
             "psnr": list(psnr.values())[-1]["psnr_fitted"],  # the last feature stage
+            "psnr_floor": stage_reconstruction.zero_image_psnr(config, test_images),
             "seconds": metrics_io.MetricsLog(str(workdir / "metrics.jsonl")).training_seconds(),
             "epochs": epochs, "settings": _settings(config), "step_seconds": times[0]}
   if baseline:
@@ -152,17 +153,22 @@ def run_seed(dataset: str, model: str, optimizer: str, epochs: int, seed: int, a
   return record
 
 
-def psnr_floor(args, results: dict, cache: dict) -> float | None:
-  """The PSNR of x̂ = 0 on the table's PSNR images (`stage_reconstruction.zero_image_psnr`); None without PSNRs.
+def psnr_floors(args, results: dict, cache: dict) -> list[tuple[str, float]]:
+  """(row label, PSNR of x̂ = 0 on its PSNR images) for every record with a PSNR (`table_report.floor_text`).
 
-  `cache` keeps it per model for the command's later writes: computing it loads the test split.
+  A record keeps the floor of its own inputs (`run_seed`); one from before that takes its row's config under this
+  command's --set. `cache` keeps the test split for the command's later writes: loading it is the cost.
   """
-  model = next((m for (m, _), runs in results.items() if any("psnr" in r for r in runs)), None)
-  if model is not None and model not in cache:
-    config = make_config(args.dataset, model, "sgd", args.epochs_of[model], args)
-    images, _ = data_lib.load_arrays(args.dataset, "test", args.data_dir)
-    cache[model] = stage_reconstruction.zero_image_psnr(config, images)
-  return cache.get(model)
+  floors = []
+  for (model, optimizer), runs in results.items():
+    for run in (r for r in runs if "psnr" in r):
+      if "psnr_floor" not in run and (model, optimizer) not in cache:
+        if "images" not in cache:
+          cache["images"] = data_lib.load_arrays(args.dataset, "test", args.data_dir)[0]
+        config = make_config(args.dataset, model, optimizer, args.epochs_of[model], args)
+        cache[(model, optimizer)] = stage_reconstruction.zero_image_psnr(config, cache["images"])
+      floors.append((f"{model} {optimizer}", run.get("psnr_floor", cache.get((model, optimizer)))))
+  return floors
 
 
 def _settings(config) -> str:
@@ -331,7 +337,7 @@ def main(dataset: str = "mnist"):
     seeds = sorted(set(args.seeds) | {r["seed"] for runs in results.values() for r in runs})
     table_report.write_table(args.out, args.dataset, results, current_commands(commands, parser, results), args,
                              seeds, started, CONFIGS[args.dataset], DATA_NOTES.get(args.dataset),
-                             psnr_floor(args, results, floors))
+                             psnr_floors(args, results, floors))
 
   if not args.models:
     if args.seeds is None:  # a merge names no seeds: the plan's count, else the seeds the merged runs have

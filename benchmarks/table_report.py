@@ -49,12 +49,24 @@ def verdicts(results: dict) -> list[str]:
   return lines
 
 
+def floor_text(floors) -> str:
+  """"x̂ = 0 scores F dB" for (run label, PSNR of x̂ = 0) pairs; runs whose inputs are normalized differently have
+  different floors, and then each floor names its runs rather than one run's floor standing for all."""
+  grouped = {}
+  for label, floor in floors:
+    labels = grouped.setdefault(f"{floor:.2f}", [])
+    labels += [] if label in labels else [label]
+  if len(grouped) == 1:
+    return f"x̂ = 0 scores {next(iter(grouped))} dB"
+  return "x̂ = 0 scores " + "; ".join(f"{floor} dB for {', '.join(labels)}" for floor, labels in grouped.items())
+
+
 def write_table(path: str, dataset: str, results: dict, commands: list[str], args, seeds, started: float,
-                recipes: dict, data_note: str | None = None, psnr_floor: float | None = None):
+                recipes: dict, data_note: str | None = None, psnr_floors=()):
   """The Markdown table and its .json; the PSNR, hours and overhead columns appear once a run has them.
 
   `recipes` maps the dataset's models to their config modules; `data_note` is said under the data line;
-  `psnr_floor` (the PSNR of x̂ = 0 on the same images) beside the PSNR's definition.
+  `psnr_floors` ((row label, PSNR of x̂ = 0 on its images) pairs) beside the PSNR's definition.
   """
   extra = any("psnr" in r for runs in results.values() for r in runs)
   planned = args.planned
@@ -112,8 +124,8 @@ def write_table(path: str, dataset: str, results: dict, commands: list[str], arg
               "(`stage_reconstruction.reconstruction_metrics`)."
               " Folding BatchNorm into the convolutions (`bort_jax.explain.canonize`) leaves J(x) unchanged, so it is"
               " not needed here."
-              + (f" x̂ = 0 scores {psnr_floor:.2f} dB on these images (c = 0 is always a choice): a PSNR at that "
-                 "floor means the stage keeps nothing of the image." if psnr_floor is not None else ""),
+              + (f" {floor_text(psnr_floors)} on these images (c = 0 is always a choice): a "
+                 "PSNR at that floor means the stage keeps nothing of the image." if psnr_floors else ""),
               "- Train hours: the trainer's per-epoch seconds (training + evaluation; an epoch cut and resumed counts "
               "its timed steps scaled to the whole epoch) summed over the row's seeds. "
               f"Bort step overhead: median of {args.timed_steps} jitted train steps of the Bort recipe over its "

@@ -40,7 +40,8 @@ def test_tiny_cell_trains_with_the_example_trainer(tmp_path, monkeypatch):
   assert cells[:3] == ["mlp", "sgd", "1"]
   assert cells[9] == "learning_rate=0.1, weight_decay=0.0005, momentum=0.9"
   [run] = json.loads(out.with_suffix(".json").read_text())["runs"]["mlp/sgd"]
-  assert set(run) == {"seed", "test_accuracy", "gap", "psnr", "seconds", "epochs", "settings", "step_seconds"}
+  assert set(run) == {"seed", "test_accuracy", "gap", "psnr", "psnr_floor", "seconds", "epochs", "settings",
+                      "step_seconds"}
   assert run["test_accuracy"] > 0.2 and run["gap"] > 0  # chance: 0.1
   assert cells[3] == f"{100 * run['test_accuracy']:.2f} (1 seed)"
 
@@ -58,14 +59,25 @@ def test_the_zero_image_floor_loads_the_test_split_once_per_command(monkeypatch)
   args = table.resolve(table._parser().parse_args(["--dataset", "mnist_small", "--out", "t.md"]))
   real, loads = table.data_lib.load_arrays, []
   monkeypatch.setattr(table.data_lib, "load_arrays", lambda *a: loads.append(a) or real(*a))
-  floors = {}
-  assert table.psnr_floor(args, {("mlp", "sgd"): [{"seed": 0}]}, floors) is None and not loads  # no PSNR yet
-  results = {("mlp", "sgd"): [{"seed": 0}], ("lenet5", "sgd"): [{"seed": 0, "psnr": 9.0}]}
+  cache = {}
+  assert table.psnr_floors(args, {("mlp", "sgd"): [{"seed": 0}]}, cache) == [] and not loads  # no PSNR yet
+  results = {("mlp", "sgd"): [{"seed": 0}], ("lenet5", "sgd"): [{"seed": 0, "psnr": 9.0}, {"seed": 1, "psnr": 9.1}]}
   images, _ = real("mnist_small", "test")
   centred = images[:1000] / 255.0 - np.array([0.1307])  # the floor's images: the PSNR model's (LeNet-5) inputs
   expected = np.mean(-10 * np.log10(np.mean(centred ** 2, axis=(1, 2, 3))))
-  assert table.psnr_floor(args, results, floors) == pytest.approx(expected, abs=1e-3)
-  assert table.psnr_floor(args, results, floors) == floors["lenet5"] and len(loads) == 1
+  [(label, floor), second] = table.psnr_floors(args, results, cache)
+  assert label == "lenet5 sgd" and floor == pytest.approx(expected, abs=1e-3) and second == (label, floor)
+  assert table.psnr_floors(args, results, cache) == [(label, floor)] * 2 and len(loads) == 1
+  results[("mlp", "sgd")] = [{"seed": 0, "psnr": 7.0, "psnr_floor": 3.0}]  # a record's own floor needs no load
+  assert table.psnr_floors(args, results, cache)[0] == ("mlp sgd", 3.0) and len(loads) == 1
+
+
+def test_rows_with_different_input_normalizations_state_each_floor():
+  """One floor is stated while every row shares it; otherwise each floor names its rows (a --set normalize=False
+  on one model must not leave the other model's floor standing for it)."""
+  assert table_report.floor_text([("lenet5 sgd", 9.013), ("lenet5 bort_sgd", 9.0149)]) == "x̂ = 0 scores 9.01 dB"
+  assert table_report.floor_text([("mlp sgd", 3.0), ("lenet5 sgd", 9.01), ("mlp sgd", 3.0)]) == (
+      "x̂ = 0 scores 3.00 dB for mlp sgd; 9.01 dB for lenet5 sgd")
 
 
 def test_benchmarks_read_the_data_dir_from_the_environment_else_beside_the_repository(monkeypatch, tmp_path):
